@@ -27,8 +27,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# UPSTREAM_PYTHON=/path/to/venv/bin/python (a venv with rfdetr==1.11.2) adds upstream's numbers side by side.
 bench: $(STAMP)
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/bench_*.py; do echo "== $$b"; \
+		$(PY) $$b $(if $(UPSTREAM_PYTHON),--upstream-python $(UPSTREAM_PYTHON)) || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache .ruff_cache

@@ -1,0 +1,122 @@
+"""Inference speed: our forward vs upstream rfdetr 1.11.2's, measured side by side in one run.
+
+    python bench/bench_inference.py --size nano --upstream-python /path/to/venv-with-rfdetr/bin/python
+
+For each size: our float32 forward, our bfloat16 (CPU autocast) forward, and, when ``--upstream-python`` names an
+interpreter with ``rfdetr==1.11.2`` installed, upstream's float32 forward of the same architecture on the same input,
+in a subprocess (the two packages share the name ``rfdetr``). Rounds alternate ours / upstream so that load changes on
+the machine hit both. Prints medians in ms and the ratio ours / upstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from rfdetr.config import get_preset
+from rfdetr.models import build_model
+
+# Runs under the upstream interpreter: builds the same preset with random weights and times its eval forward.
+_UPSTREAM_SCRIPT = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+import logging; logging.disable(logging.WARNING)
+import torch
+import rfdetr
+cfg = json.loads(sys.argv[1])
+torch.set_num_threads(cfg["threads"])
+torch.manual_seed(0)
+model = getattr(rfdetr, cfg["upstream_name"])(pretrain_weights=None, resolution=cfg["resolution"])
+net = model.model.model.eval()
+x = torch.randn(cfg["batch"], 3, cfg["resolution"], cfg["resolution"])
+times = []
+with torch.inference_mode():
+    for _ in range(cfg["warmup"]):
+        net(x)
+    for _ in range(cfg["iters"]):
+        t = time.perf_counter(); net(x); times.append((time.perf_counter() - t) * 1000)
+print(json.dumps({"version": rfdetr.__version__ if hasattr(rfdetr, "__version__") else "?", "times": times}))
+"""
+
+
+def time_ours(size: str, resolution: int, batch: int, iters: int, warmup: int,
+              dtype: torch.dtype) -> list[float]:
+    """Per-iteration forward times (ms) of our model for ``size``."""
+    cfg = get_preset(size).replace(resolution=resolution)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    x = torch.randn(batch, 3, resolution, resolution)
+    times = []
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            model(x)
+        for _ in range(iters):
+            t = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def time_upstream(python: str, size: str, resolution: int, batch: int, iters: int, warmup: int,
+                  threads: int) -> list[float]:
+    """Per-iteration forward times (ms) of upstream rfdetr, run under ``python``."""
+    cfg = {"upstream_name": get_preset(size).upstream_name, "resolution": resolution, "batch": batch,
+           "iters": iters, "warmup": warmup, "threads": threads}
+    proc = subprocess.run([python, "-c", _UPSTREAM_SCRIPT, json.dumps(cfg)], capture_output=True, text=True,
+                          cwd="/", timeout=1800)  # cwd "/" so that our own rfdetr/ folder cannot shadow upstream's
+    if proc.returncode != 0:
+        raise RuntimeError(f"upstream benchmark failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["times"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", nargs="+", default=["nano"], help="presets to time")
+    parser.add_argument("--resolution", type=int, default=None, help="default: each preset's own")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=10, help="timed iterations per round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating ours/upstream rounds")
+    parser.add_argument("--upstream-python", "--upstream_python", dest="upstream_python", default=None,
+                        help="python of a venv with rfdetr==1.11.2, to time upstream in the same run")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    if args.upstream_python and not Path(args.upstream_python).exists():
+        print(f"--upstream-python {args.upstream_python} does not exist", file=sys.stderr)
+        return 2
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, medians over "
+          f"{args.rounds}x{args.iters} iterations")
+    for size in args.size:
+        res = args.resolution or get_preset(size).resolution
+        ours32: list[float] = []
+        ours16: list[float] = []
+        up: list[float] = []
+        for _ in range(args.rounds):
+            ours32 += time_ours(size, res, args.batch, args.iters, args.warmup, torch.float32)
+            ours16 += time_ours(size, res, args.batch, args.iters, args.warmup, torch.bfloat16)
+            if args.upstream_python:
+                up += time_upstream(args.upstream_python, size, res, args.batch, args.iters, args.warmup,
+                                    args.threads)
+        m32, m16 = statistics.median(ours32), statistics.median(ours16)
+        line = f"{size} @ {res}: ours fp32 {m32:.1f} ms, ours bf16 {m16:.1f} ms"
+        if up:
+            mu = statistics.median(up)
+            line += f", upstream fp32 {mu:.1f} ms, ratio ours/upstream fp32 {m32 / mu:.2f}x (target <= 0.80x)"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
