@@ -1,0 +1,424 @@
+"""User-facing API, familiar to rfdetr users: ``RFDETRNano(...).predict(image)``.
+
+One class per preset of :data:`rfdetr.config.MODEL_PRESETS` (``RFDETRNano`` ... ``RFDETRSeg2XLarge``), each a
+one-line subclass of :class:`RFDETR` that only names its preset. ``RFDETR.from_checkpoint(path)`` picks the class
+from the checkpoint's tensors.
+
+Inference follows rfdetr 1.11.2 (spec sections 8 and 9): RGB in [0, 1], bilinear resize to the square resolution
+without antialias, ImageNet normalisation, fp32 eval forward, top-``num_select`` post-processing with boxes (and
+masks) at the original image size, then ``score > threshold``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from rfdetr.checkpoint import (
+    CLASS_BIAS_KEY,
+    CheckpointError,
+    LoadReport,
+    checkpoint_class_names,
+    extract_state_dict,
+    infer_model_config,
+    load_checkpoint_file,
+    load_into,
+)
+from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, ModelConfig, get_preset
+from rfdetr.data.coco_classes import COCO_CLASSES
+from rfdetr.detections import Detections
+from rfdetr.models import PostProcess, build_model
+from rfdetr.weights import PRESET_WEIGHTS, resolve_weights
+
+__all__ = [
+    "COCO_CLASS_NAMES", "Detections", "RFDETR", "RFDETRBase", "RFDETRLarge", "RFDETRMedium", "RFDETRNano",
+    "RFDETRSeg2XLarge", "RFDETRSegLarge", "RFDETRSegMedium", "RFDETRSegNano", "RFDETRSegPreview", "RFDETRSegSmall",
+    "RFDETRSegXLarge", "RFDETRSmall",
+]
+
+logger = logging.getLogger(__name__)
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+# COCO's 91 label slots indexed by category id (the official checkpoints' logit index), "N/A" where COCO has none.
+COCO_CLASS_NAMES: tuple[str, ...] = COCO_CLASSES
+_COCO_80 = [name for name in COCO_CLASS_NAMES if name != "N/A"]
+
+
+class _ExportForward(nn.Module):
+    """Wraps the detector's single-group export graph so that it can be traced: pixels -> (boxes, logits[, masks])."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.forward_export(pixels)
+
+
+class RFDETR:
+    """An RF-DETR model ready for inference: weights, class names and pre/post-processing.
+
+    Use a preset subclass (``RFDETRNano``, ``RFDETRSegSmall`` ...) or :meth:`from_checkpoint`.
+
+    Args:
+        pretrain_weights: a checkpoint path or an official weight name (``rf-detr-nano.pth`` ...). ``None`` loads the
+            preset's official COCO weights (from the cache, downloading them if needed), as rfdetr does; ``False``
+            builds a randomly initialised model.
+        num_classes: number of classes (the head has ``num_classes + 1`` logits). Default: the checkpoint's. A
+            different value re-initialises the class heads (logged).
+        class_names: names indexed by class id. Default: the checkpoint's, else the COCO names for a 91-logit
+            model, else ``class_{i}``.
+        resolution: square input side; must be a multiple of ``patch_size * num_windows``. The stored position
+            embeddings are interpolated to it when the preset derives them from the resolution.
+        device: torch device; default CUDA when available, else CPU.
+        masks: whether :meth:`predict` returns masks. Default: on for segmentation presets. ``True`` is reserved for
+            stage-2 checkpoints that add a mask head to a detector; it is stored and used when the model has one.
+
+    Attributes:
+        model: the ``nn.Module`` (eval mode, on ``device``).
+        model_config: its :class:`ModelConfig`.
+        class_names: names indexed by class id.
+        load_report: what happened when the weights were loaded (``None`` without weights).
+    """
+
+    size: ClassVar[str | None] = None  # preset key of MODEL_PRESETS; set by the per-preset subclasses
+
+    def __init__(
+        self,
+        pretrain_weights: str | os.PathLike[str] | bool | None = None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        resolution: int | None = None,
+        device: str | torch.device | None = None,
+        masks: bool | None = None,
+    ) -> None:
+        if self.size is None:
+            raise TypeError("RFDETR is abstract: use a preset class such as RFDETRNano, or RFDETR.from_checkpoint()")
+        ckpt = None
+        if pretrain_weights is not False:
+            if pretrain_weights is None or pretrain_weights is True:
+                pretrain_weights = PRESET_WEIGHTS[self.size]
+            ckpt = load_checkpoint_file(resolve_weights(pretrain_weights))
+        self._setup(ckpt, num_classes, class_names, resolution, device, masks)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> RFDETR:
+        """Load a checkpoint of any supported layout as the preset class its tensors match.
+
+        Called on :class:`RFDETR` the class is inferred (e.g. a seg-small file gives an ``RFDETRSegSmall``); called
+        on a preset class, that class is used. ``kwargs`` are the constructor's (except ``pretrain_weights``).
+        """
+        ckpt = load_checkpoint_file(resolve_weights(path))
+        target = cls
+        if cls.size is None:
+            target = PRESET_CLASSES[infer_model_config(extract_state_dict(ckpt), ckpt).name]
+        obj = target.__new__(target)
+        obj._setup(ckpt, **kwargs)
+        return obj
+
+    # ----------------------------------------------------------------------------------------------------- setup
+
+    def _setup(
+        self,
+        ckpt: dict[str, Any] | None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        resolution: int | None = None,
+        device: str | torch.device | None = None,
+        masks: bool | None = None,
+    ) -> None:
+        state_dict = extract_state_dict(ckpt) if ckpt is not None else None
+        cfg = self._config_for(state_dict, ckpt, num_classes, resolution)
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = build_model(cfg)
+        self.load_report: LoadReport | None = None
+        if state_dict is not None:
+            try:
+                self.load_report = load_into(self.model, state_dict)
+            except CheckpointError as err:
+                raise CheckpointError(f"cannot load the checkpoint into {type(self).__name__}: {err}") from None
+        self.model.to(self.device).eval()
+        # Checkpoint names only describe the checkpoint's own class heads, not re-initialised ones.
+        heads_loaded = self.load_report is not None and not self.load_report.reinitialized
+        ckpt_names = checkpoint_class_names(ckpt) if ckpt is not None and heads_loaded else None
+        self.class_names = _class_names(cfg.num_classes + 1, class_names, ckpt_names)
+        self.model_config = cfg.replace(class_names=tuple(self.class_names))
+        self.masks = cfg.segmentation_head if masks is None else bool(masks)
+        if masks and not cfg.segmentation_head:
+            logger.warning("masks=True but %s has no mask head: predictions will carry no masks", type(self).__name__)
+        self.postprocess = PostProcess(num_select=cfg.num_select)
+        self._optimized: nn.Module | None = None
+        self._optimized_dtype = torch.float32
+        self._optimized_batch = 1
+
+    def _config_for(
+        self,
+        state_dict: dict[str, torch.Tensor] | None,
+        ckpt: dict[str, Any] | None,
+        num_classes: int | None,
+        resolution: int | None,
+    ) -> ModelConfig:
+        """The preset, aligned with the checkpoint (class count, stored grid, queries) and the user's overrides."""
+        preset = get_preset(str(self.size))
+        cfg = preset
+        if state_dict is not None:
+            try:
+                found: ModelConfig | None = infer_model_config(state_dict, ckpt)
+            except CheckpointError:
+                found = None
+            if found is not None and found.name == preset.name:
+                cfg = found
+            else:
+                # Another preset's weights: keep this architecture and let loading report what does not fit
+                # (same-structure presets, e.g. Medium weights in a Large, load with an interpolated grid).
+                if found is not None:
+                    logger.warning("checkpoint looks like %s, loading it into %s", found.upstream_name,
+                                   preset.upstream_name)
+                if CLASS_BIAS_KEY in state_dict:
+                    cfg = cfg.replace(num_classes=int(state_dict[CLASS_BIAS_KEY].shape[0]) - 1)
+        if num_classes is not None:
+            if num_classes < 1:
+                raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            cfg = cfg.replace(num_classes=int(num_classes))
+        if resolution is not None:
+            cfg = _with_resolution(cfg, preset, int(resolution))
+        return cfg
+
+    @property
+    def resolution(self) -> int:
+        """Square side images are resized to."""
+        return self.model_config.resolution
+
+    # ----------------------------------------------------------------------------------------------------- predict
+
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], threshold: float = 0.5
+    ) -> Detections | list[Detections]:
+        """Detect (and segment) objects.
+
+        Args:
+            images: one image or a list of them. An image is a file path, a PIL image, an RGB uint8 numpy array
+                [H, W, 3] (or float in [0, 1]), or a float tensor [3, H, W] in [0, 1]; a [B, 3, H, W] tensor is a
+                batch.
+            threshold: keep detections with score > threshold.
+
+        Returns:
+            A :class:`Detections` per image (boxes and masks in original pixels); a list for list/batch input.
+
+        Raises:
+            ValueError: an input has the wrong type, channel count or value range, or cannot be read.
+        """
+        batched = isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.ndim == 4)
+        items: Sequence[ImageInput] = list(images) if batched else [images]  # type: ignore[arg-type]
+        if len(items) == 0:
+            return []
+        tensors = [_to_chw01(image, i if batched else None) for i, image in enumerate(items)]
+        sizes = torch.tensor([t.shape[-2:] for t in tensors], device=self.device)  # [B, 2] (H, W)
+        pixels = torch.cat([self._preprocess(t) for t in tensors])  # [B, 3, R, R]
+        with torch.inference_mode():
+            outputs = self._forward(pixels)
+            with_masks = self.masks and "pred_masks" in outputs
+            if not with_masks:
+                outputs.pop("pred_masks", None)
+            results = self.postprocess(outputs, sizes, score_threshold=threshold)
+        detections = [self._to_detections(r, threshold) for r in results]
+        return detections if batched else detections[0]
+
+    def _preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """[3, H, W] in [0, 1] -> [1, 3, R, R] normalised (1.11.2: resize without antialias, then normalise)."""
+        size = (self.resolution, self.resolution)
+        x = F.interpolate(image[None].to(self.device), size=size, mode="bilinear", align_corners=False, antialias=False)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def _forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Final-layer outputs: ``pred_logits``, ``pred_boxes`` [, ``pred_masks``], in float32."""
+        if self._optimized is None:
+            out = self.model(pixels)
+            return {k: out[k] for k in ("pred_logits", "pred_boxes", "pred_masks") if k in out}
+        # The traced graph has a fixed batch size: run full chunks, padding the last one with its final image.
+        step = self._optimized_batch
+        chunks: list[tuple[torch.Tensor, ...]] = []
+        for start in range(0, len(pixels), step):
+            chunk = pixels[start : start + step]
+            pad = step - len(chunk)
+            if pad:
+                chunk = torch.cat([chunk, chunk[-1:].expand(pad, -1, -1, -1)])
+            result = self._optimized(chunk.to(self._optimized_dtype))
+            chunks.append(tuple(t[: step - pad].float() for t in result))
+        merged = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
+        out = {"pred_boxes": merged[0], "pred_logits": merged[1]}
+        if len(merged) > 2:
+            out["pred_masks"] = merged[2]
+        return out
+
+    def _to_detections(self, result: dict[str, torch.Tensor], threshold: float) -> Detections:
+        keep = result["scores"] > threshold
+        labels = result["labels"][keep].cpu().numpy()
+        mask = None
+        if "masks" in result:
+            mask = result["masks"][keep][:, 0].cpu().numpy()  # [n, 1, H, W] -> [n, H, W]
+        return Detections(
+            xyxy=result["boxes"][keep].float().cpu().numpy(),
+            confidence=result["scores"][keep].float().cpu().numpy(),
+            class_id=labels,
+            class_name=[self._name(int(i)) for i in labels],
+            mask=mask,
+        )
+
+    def _name(self, class_id: int) -> str:
+        return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else f"class_{class_id}"
+
+    # ------------------------------------------------------------------------------------------------ optimisation
+
+    def optimize_for_inference(
+        self, dtype: torch.dtype = torch.float32, batch_size: int = 1, compile: bool = True
+    ) -> nn.Module:
+        """Install an eval-only copy of the model that :meth:`predict` then uses.
+
+        The copy runs the single-group export graph (no auxiliary or encoder outputs), cast to ``dtype``, and with
+        ``compile`` is traced with ``torch.jit.trace`` at ``batch_size`` x 3 x resolution x resolution (predict then
+        runs batches in chunks of that size). Outputs are cast back to float32 before post-processing. bfloat16
+        trades some accuracy for speed, as in rfdetr.
+
+        Args:
+            dtype: ``torch.float32`` or ``torch.bfloat16`` (``torch.float16`` is allowed on CUDA).
+            batch_size: traced batch size.
+            compile: trace the copy; without it the copy runs eagerly.
+
+        Returns:
+            The installed module.
+        """
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        module: nn.Module = _ExportForward(copy.deepcopy(self.model)).eval().to(dtype)
+        for param in module.parameters():
+            param.requires_grad_(False)
+        if compile:
+            example = torch.zeros(batch_size, 3, self.resolution, self.resolution, device=self.device, dtype=dtype)
+            with torch.inference_mode():
+                module = torch.jit.trace(module, example, check_trace=False)
+        self._optimized, self._optimized_dtype, self._optimized_batch = module, dtype, batch_size
+        return module
+
+    def remove_optimized_model(self) -> None:
+        """Go back to the eager fp32 model in :meth:`predict`."""
+        self._optimized = None
+        self._optimized_dtype = torch.float32
+        self._optimized_batch = 1
+
+    def __repr__(self) -> str:
+        cfg = self.model_config
+        return (
+            f"{type(self).__name__}(resolution={cfg.resolution}, num_classes={cfg.num_classes}, "
+            f"masks={self.masks}, device={self.device})"
+        )
+
+
+def _with_resolution(cfg: ModelConfig, preset: ModelConfig, resolution: int) -> ModelConfig:
+    """Change the input side; presets whose grid is resolution / patch (all but Base) follow it (spec 3.3)."""
+    if resolution <= 0 or resolution % cfg.input_divisor != 0:
+        raise ValueError(
+            f"resolution must be a positive multiple of patch_size * num_windows = {cfg.input_divisor} "
+            f"for {preset.upstream_name}, got {resolution}"
+        )
+    if preset.positional_encoding_size * preset.patch_size == preset.resolution:
+        return cfg.replace(resolution=resolution, positional_encoding_size=resolution // cfg.patch_size)
+    return cfg.replace(resolution=resolution)
+
+
+def _class_names(num_logits: int, explicit: Sequence[str] | None, from_ckpt: Sequence[str] | None) -> list[str]:
+    """Names indexed by class id: explicit > checkpoint > COCO (91 logits) > ``class_{i}``."""
+    if explicit is not None:
+        return list(explicit)
+    if from_ckpt is not None and list(from_ckpt) != _COCO_80:
+        return list(from_ckpt)
+    # rfdetr records the 80 COCO names for its COCO models, but their logits are indexed by category id.
+    if num_logits == len(COCO_CLASS_NAMES):
+        return list(COCO_CLASS_NAMES)
+    return [f"class_{i}" for i in range(num_logits)]
+
+
+def _to_chw01(image: ImageInput, index: int | None) -> torch.Tensor:
+    """Any supported image -> float32 tensor [3, H, W] in [0, 1] (on its original device)."""
+    where = "image" if index is None else f"image {index}"
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(Path(image)) as pil:
+                image = pil.convert("RGB")
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"{where}: cannot read image file {os.fspath(image)!r}: {err}") from None
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{where}: expected an RGB numpy array [H, W, 3], got shape {image.shape}")
+        if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+            raise ValueError(f"{where}: numpy images must be uint8 or float in [0, 1], got dtype {image.dtype}")
+        # PIL hands out read-only arrays, which torch.from_numpy warns about; copy those.
+        image = torch.from_numpy(np.ascontiguousarray(image) if image.flags.writeable else image.copy())
+        image = image.permute(2, 0, 1)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"{where}: expected a tensor [3, H, W], got shape {tuple(image.shape)}")
+        if image.dtype == torch.uint8:
+            return image.float() / 255.0
+        if not image.is_floating_point():
+            raise ValueError(f"{where}: tensors must be float in [0, 1] (or uint8), got dtype {image.dtype}")
+        if image.numel() and (image.min() < 0 or image.max() > 1):
+            raise ValueError(
+                f"{where}: float pixel values must be in [0, 1], got range "
+                f"[{float(image.min()):.3g}, {float(image.max()):.3g}]; divide uint8 data by 255"
+            )
+        return image.float()
+    raise ValueError(
+        f"{where}: unsupported type {type(image).__name__}; pass a path, PIL image, numpy array or torch tensor"
+    )
+
+
+def _preset_class(key: str) -> type[RFDETR]:
+    """The subclass of :class:`RFDETR` for one preset, named after rfdetr's class (``RFDETRNano`` ...)."""
+    cfg = MODEL_PRESETS[key]
+    doc = (
+        f"RF-DETR {key}: {cfg.resolution}px input, patch {cfg.patch_size}, {cfg.dec_layers} decoder layers, "
+        f"{cfg.num_queries} queries{', instance masks' if cfg.segmentation_head else ''}. See :class:`RFDETR`."
+    )
+    return type(cfg.upstream_name, (RFDETR,), {"size": key, "__doc__": doc, "__module__": __name__})
+
+
+RFDETRNano = _preset_class("nano")
+RFDETRSmall = _preset_class("small")
+RFDETRMedium = _preset_class("medium")
+RFDETRLarge = _preset_class("large")
+RFDETRBase = _preset_class("base")
+RFDETRSegPreview = _preset_class("seg-preview")
+RFDETRSegNano = _preset_class("seg-nano")
+RFDETRSegSmall = _preset_class("seg-small")
+RFDETRSegMedium = _preset_class("seg-medium")
+RFDETRSegLarge = _preset_class("seg-large")
+RFDETRSegXLarge = _preset_class("seg-xlarge")
+RFDETRSeg2XLarge = _preset_class("seg-2xlarge")
+
+# Preset key -> class, e.g. for RFDETR.from_checkpoint.
+PRESET_CLASSES: dict[str, type[RFDETR]] = {
+    cls.size: cls
+    for cls in (
+        RFDETRNano, RFDETRSmall, RFDETRMedium, RFDETRLarge, RFDETRBase, RFDETRSegPreview, RFDETRSegNano,
+        RFDETRSegSmall, RFDETRSegMedium, RFDETRSegLarge, RFDETRSegXLarge, RFDETRSeg2XLarge,
+    )
+    if cls.size is not None
+}
