@@ -153,7 +153,10 @@ class RFDETR:
         heads_loaded = self.load_report is not None and not self.load_report.reinitialized
         ckpt_names = checkpoint_class_names(ckpt) if ckpt is not None and heads_loaded else None
         self.class_names = _class_names(cfg.num_classes + 1, class_names, ckpt_names)
-        self.model_config = cfg.replace(class_names=tuple(self.class_names))
+        # The config records only real names (given or from the checkpoint), never the COCO / class_{i} fallbacks,
+        # so that a checkpoint saved from it does not claim names nobody chose.
+        recorded = class_names if class_names is not None else ckpt_names
+        self.model_config = cfg.replace(class_names=tuple(recorded or ()))
         self.masks = cfg.segmentation_head if masks is None else bool(masks)
         if masks and not cfg.segmentation_head:
             logger.warning("masks=True but %s has no mask head: predictions will carry no masks", type(self).__name__)
