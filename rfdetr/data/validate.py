@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from rfdetr.data.image_io import IMAGE_ERRORS, oriented_size
+from rfdetr.data.masks import decode_mask, mask_kind
 from rfdetr.data.synthetic import ANNOTATION_FILE
 from rfdetr.util.checklist import Checklist
 
@@ -24,8 +23,6 @@ REQUIRED_SPLITS: tuple[str, ...] = ("train", "valid")
 OPTIONAL_SPLITS: tuple[str, ...] = ("test",)
 # Boxes may poke out of the image by rounding noise (Roboflow writes 3 decimals); more than this is an error.
 BBOX_TOLERANCE_PX = 1.0
-
-MASK_KINDS: tuple[str, ...] = ("polygon", "rle", "uncompressed_rle", "missing")
 
 
 @dataclass
@@ -39,45 +36,6 @@ class SplitSummary:
     per_class: Counter = field(default_factory=Counter)
     mask_kinds: Counter = field(default_factory=Counter)
     sizes: Counter = field(default_factory=Counter)
-
-
-def mask_kind(segmentation: Any) -> str:
-    """Which COCO encoding ``segmentation`` uses: polygon, rle, uncompressed_rle, missing, or invalid."""
-    if segmentation is None or (isinstance(segmentation, (list, dict)) and len(segmentation) == 0):
-        return "missing"
-    if isinstance(segmentation, list):
-        return "polygon"
-    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-        return "rle" if isinstance(segmentation["counts"], (str, bytes)) else "uncompressed_rle"
-    return "invalid"
-
-
-def decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """Decode any COCO segmentation to a bool mask [height, width].
-
-    Raises:
-        ValueError: malformed polygon or RLE, or an RLE whose size is not the image's.
-    """
-    kind = mask_kind(segmentation)
-    if kind == "polygon":
-        polygons = [p for p in segmentation if isinstance(p, list)]
-        if len(polygons) != len(segmentation) or any(len(p) < 6 or len(p) % 2 for p in polygons):
-            raise ValueError("each polygon must be a flat list of at least 3 x,y pairs")
-        if not all(isinstance(v, (int, float)) for p in polygons for v in p):
-            raise ValueError("polygon coordinates must be numbers")
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif kind in ("rle", "uncompressed_rle"):
-        size = list(segmentation["size"])
-        if size != [height, width]:
-            raise ValueError(f"RLE size {size} is not the image size [{height}, {width}]")
-        rle = mask_utils.frPyObjects(segmentation, height, width) if kind == "uncompressed_rle" else segmentation
-        if kind == "uncompressed_rle" and sum(segmentation["counts"]) != height * width:
-            raise ValueError(f"RLE run lengths sum to {sum(segmentation['counts'])}, not {height}x{width}")
-        if isinstance(rle.get("counts"), str):
-            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    else:
-        raise ValueError(f"segmentation is {kind}")
-    return mask_utils.decode(rle).astype(bool)
 
 
 class _SplitChecker:
