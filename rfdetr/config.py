@@ -15,10 +15,12 @@ from typing import Any
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-# ViT encoder sizes: width, heads, depth (MLP ratio 4, head dim 64).
+# ViT encoder sizes: width, heads, depth (MLP ratio 4). "tiny" is not an rfdetr encoder: it exists for fast CPU tests
+# and demos (TINY_CONFIG) and never loads released weights.
 VIT_SIZES: dict[str, dict[str, int]] = {
     "small": {"width": 384, "heads": 6, "depth": 12},
     "base": {"width": 768, "heads": 12, "depth": 12},
+    "tiny": {"width": 96, "heads": 2, "depth": 4},
 }
 
 
@@ -142,12 +144,21 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     ),
 }
 
+# A few-MB model with every RF-DETR component (windowed ViT, projector, two-stage 13-group decoder) for CPU tests.
+TINY_CONFIG = ModelConfig(
+    "tiny", "RFDETRNano", encoder="dinov2_windowed_tiny", hidden_dim=64, patch_size=16, num_windows=2, resolution=64,
+    positional_encoding_size=4, out_feature_indexes=(1, 2, 3, 4), dec_layers=2, num_queries=20, num_select=20,
+    sa_nheads=4, ca_nheads=4, dec_n_points=2, dim_feedforward=128,
+)
+
 DETECTION_PRESETS: tuple[str, ...] = ("nano", "small", "medium", "base", "large")
 SEGMENTATION_PRESETS: tuple[str, ...] = tuple(k for k in MODEL_PRESETS if k.startswith("seg-"))
 
 
 def get_preset(name: str) -> ModelConfig:
     """The preset called ``name``; raises ``ValueError`` listing the valid names otherwise."""
+    if name == TINY_CONFIG.name:
+        return TINY_CONFIG
     try:
         return MODEL_PRESETS[name]
     except KeyError:

@@ -243,7 +243,12 @@ class CocoEvaluator:
         for k, name in enumerate(self.class_names):
             per_class[name] = _mean_valid(precision[:, :, k, 0, -1])
             per_class50[name] = _mean_valid(precision[0, :, k, 0, -1])
-        return {"mAP": stats[0], "mAP50": stats[1], "mAP75": stats[2], "stats": stats,
+        # pycocotools' summary computes stats[0] (AP50:95) at maxDets=100 only, so it is -1 whenever the last maxDets
+        # slot is not 100 (upstream's 500); read every AP at the last slot from the precision array instead.
+        all_area = precision[..., 0, -1]  # [T, R, K]
+        stats[0] = _mean_valid(all_area)
+        return {"mAP": max(stats[0], 0.0), "mAP50": max(_mean_valid(all_area[0]), 0.0),
+                "mAP75": max(_mean_valid(all_area[5]), 0.0), "stats": stats,
                 "per_class_AP": per_class, "per_class_AP50": per_class50}
 
 

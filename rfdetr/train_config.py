@@ -101,6 +101,7 @@ class TrainConfig:
     seed: int = _field(42, "random seed (each process adds its rank)")
     device: str | None = _field(None, "torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     amp: bool = _field(True, "mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); CPU is fp32")
+    augment: bool = _field(True, "random flip and resize-crop of training images (off: square resize only)")
     multi_scale: bool = _field(True, "resize each optimizer step's batch to a random scale of the model's list")
     expanded_scales: bool = _field(True, "use the wider multi-scale list (+-5 blocks instead of -3..+4)")
     do_random_resize_via_padding: bool = _field(False, "pick the scale per image in the dataset, no batch resize")

@@ -79,7 +79,7 @@ class RunLogger:
     """TensorBoard writer rooted at the run folder, plus an optional W&B run, behind one small API.
 
     Args:
-        run_dir: the run folder (TensorBoard event files and W&B's ``wandb/`` folder go there).
+        run_dir: the run folder: TensorBoard event files go to its ``tb/`` folder, W&B's files to ``wandb/``.
         tensorboard: write TensorBoard event files.
         wandb: also log to Weights & Biases; raises ``ImportError`` with install advice when wandb is missing.
         wandb_project: W&B project.
@@ -111,7 +111,7 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir))
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
         if wandb:
             self._wandb = _import_wandb()
             self._wandb_run = self._wandb.init(

@@ -36,9 +36,9 @@ def test_tensorboard_scalars_lrs_and_image(tmp_path: Path) -> None:
         image = torch.rand(3, 32, 48)
         logger.image_with_boxes("val/predictions", image, torch.tensor([[2.0, 3.0, 20.0, 30.0]]), step=2,
                                 labels=["strawberry"])
-    events = list(tmp_path.glob("events.out.tfevents.*"))
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 1
-    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
     assert {"val/loss", "val/AP50_95", "lr/decoder", "lr/group1"} <= set(tags["scalars"])
