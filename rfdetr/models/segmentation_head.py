@@ -1,0 +1,144 @@
+"""rfdetr's instance-segmentation head (spec section 7), key prefix ``segmentation_head.``.
+
+The stride-``patch`` projector map is resized to 1/4 of the input; one depthwise ConvNeXt-style block per decoder
+layer refines it cumulatively, and every query's mask logits are a dot product between the projected map and the
+query's MLP-processed decoder feature, plus one learned scalar bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DepthwiseConvBlock(nn.Module):
+    """ConvNeXt block without its MLP: dw3x3 -> LayerNorm (eps 1e-6) -> Linear -> GELU, plus the input."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x [B, D, H, W]. Returns: [B, D, H, W]."""
+        y = self.dwconv(x).permute(0, 2, 3, 1)  # NHWC so LayerNorm / Linear act on channels
+        y = F.gelu(self.pwconv1(self.norm(y)))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class MLPBlock(nn.Module):
+    """Residual pre-norm MLP on query features: LayerNorm (eps 1e-5) -> D->4D -> GELU -> 4D->D.
+
+    Keys: ``norm_in``, ``layers.0``, ``layers.2`` (index 1 is the parameter-free GELU).
+    """
+
+    def __init__(self, dim: int, expansion: int = 4) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(dim)
+        self.layers = nn.Sequential(nn.Linear(dim, dim * expansion), nn.GELU(), nn.Linear(dim * expansion, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x [..., D]. Returns: [..., D]."""
+        return x + self.layers(self.norm_in(x))
+
+
+class SegmentationHead(nn.Module):
+    """Per-layer mask logits from the projector map and the decoder's query features.
+
+    Args:
+        dim: D, width of both the projector map and the queries.
+        num_blocks: one depthwise block per decoder layer (= dec_layers).
+        downsample_ratio: masks are produced at ``(H // ratio, W // ratio)`` of the network input.
+    """
+
+    def __init__(self, dim: int, num_blocks: int, downsample_ratio: int = 4) -> None:
+        super().__init__()
+        self.downsample_ratio = downsample_ratio
+        self.blocks = nn.ModuleList(DepthwiseConvBlock(dim) for _ in range(num_blocks))
+        self.spatial_features_proj = nn.Conv2d(dim, dim, kernel_size=1)
+        self.query_features_block = MLPBlock(dim)
+        self.query_features_proj = nn.Linear(dim, dim)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def resize(self, spatial_features: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Bilinear (align_corners=False) resize of [B, D, h, w] to [B, D, H/ratio, W/ratio]."""
+        size = (image_size[0] // self.downsample_ratio, image_size[1] // self.downsample_ratio)
+        return F.interpolate(spatial_features, size=size, mode="bilinear", align_corners=False)
+
+    def project_queries(self, query_features: torch.Tensor) -> torch.Tensor:
+        """Args: query_features [B, N, D]. Returns: [B, N, D] mask embeddings."""
+        return self.query_features_proj(self.query_features_block(query_features))
+
+    def spatial_maps(self, spatial_features: torch.Tensor, image_size: tuple[int, int]) -> list[torch.Tensor]:
+        """Projected pixel embeddings after each block (for point-sampled losses).
+
+        Args:
+            spatial_features: [B, D, h, w] projector level-0 map.
+            image_size: (H, W) of the network input.
+
+        Returns:
+            ``num_blocks`` maps [B, D, H/ratio, W/ratio]; map l has gone through blocks 0..l.
+        """
+        x = self.resize(spatial_features, image_size)
+        maps = []
+        for block in self.blocks:
+            x = block(x)
+            maps.append(self.spatial_features_proj(x))
+        return maps
+
+    def masks(self, pixel_embed: torch.Tensor, query_embed: torch.Tensor) -> torch.Tensor:
+        """Dot products: pixel_embed [B, D, h, w], query_embed [B, N, D] -> mask logits [B, N, h, w]."""
+        batch, dim, height, width = pixel_embed.shape
+        logits = torch.bmm(query_embed, pixel_embed.reshape(batch, dim, height * width))
+        return logits.view(batch, -1, height, width) + self.bias
+
+    def forward(
+        self, spatial_features: torch.Tensor, query_features: Sequence[torch.Tensor], image_size: tuple[int, int]
+    ) -> list[torch.Tensor]:
+        """Mask logits for every decoder layer.
+
+        Args:
+            spatial_features: [B, D, h, w] projector level-0 map (the decoder memory before flattening).
+            query_features: one [B, N, D] tensor per decoder layer (outputs after the shared decoder norm); at most
+                ``num_blocks`` of them, layer l is paired with block l.
+            image_size: (H, W) of the network input.
+
+        Returns:
+            One [B, N, H/ratio, W/ratio] logit tensor per entry of ``query_features``.
+        """
+        if len(query_features) > len(self.blocks):
+            raise ValueError(f"got {len(query_features)} query sets for {len(self.blocks)} blocks")
+        x = self.resize(spatial_features, image_size)
+        outputs = []
+        for block, queries in zip(self.blocks, query_features, strict=False):
+            x = block(x)  # cumulative: each block refines the previous block's output
+            outputs.append(self.masks(self.spatial_features_proj(x), self.project_queries(queries)))
+        return outputs
+
+    def forward_last(
+        self, spatial_features: torch.Tensor, query_features: torch.Tensor, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Masks of the last decoder layer only (export / inference): all blocks, one dot product.
+
+        Args: spatial_features [B, D, h, w]; query_features [B, N, D] last-layer decoder outputs.
+        Returns: [B, N, H/ratio, W/ratio] logits.
+        """
+        x = self.resize(spatial_features, image_size)
+        for block in self.blocks:
+            x = block(x)
+        return self.masks(self.spatial_features_proj(x), self.project_queries(query_features))
+
+    def forward_encoder(
+        self, spatial_features: torch.Tensor, query_features: torch.Tensor, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Masks of the two-stage proposals: same projections but the blocks are skipped (rfdetr 1.11.2 path).
+
+        Args: spatial_features [B, D, h, w]; query_features [B, N, D] selected two-stage memory features.
+        Returns: [B, N, H/ratio, W/ratio] logits.
+        """
+        pixel_embed = self.spatial_features_proj(self.resize(spatial_features, image_size))
+        return self.masks(pixel_embed, self.project_queries(query_features))

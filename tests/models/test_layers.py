@@ -1,0 +1,148 @@
+"""Unit tests of the building blocks against independent (slow, explicit) formulations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rfdetr.models.deformable_attention import MSDeformAttn
+from rfdetr.models.dinov2 import Embeddings, WindowedDinov2
+from rfdetr.models.layers import LayerNorm2d, apply_box_delta
+from rfdetr.models.position_encoding import sine_box_embedding
+from rfdetr.models.transformer import GroupedSelfAttention, proposal_grid
+
+
+def test_sine_box_embedding_layout() -> None:
+    """(cy, cx, w, h) order, sin on even / cos on odd features, t_j = 10000^(2*floor(j/2)/F)."""
+    box = torch.tensor([0.1, 0.7, 0.3, 0.05])
+    feats = 8
+    emb = sine_box_embedding(box, num_feats=feats)
+    expected = []
+    for value in (box[1], box[0], box[2], box[3]):
+        for j in range(feats):
+            phase = 2 * math.pi * value.item() / 10000 ** (2 * (j // 2) / feats)
+            expected.append(math.sin(phase) if j % 2 == 0 else math.cos(phase))
+    torch.testing.assert_close(emb, torch.tensor(expected), atol=1e-6, rtol=0)
+
+
+def naive_deformable_attention(attn: MSDeformAttn, query, ref, memory, shapes) -> torch.Tensor:
+    """Explicit bilinear sampling (align_corners=False, zero padding) with per-point loops."""
+    batch, num_q, dim = query.shape
+    heads, levels, points = attn.num_heads, attn.num_levels, attn.num_points
+    head_dim = dim // heads
+    value = attn.value_proj(memory)
+    offsets = attn.sampling_offsets(query).view(batch, num_q, heads, levels, points, 2)
+    weights = attn.attention_weights(query).view(batch, num_q, heads, levels * points).softmax(-1)
+    weights = weights.view(batch, num_q, heads, levels, points)
+    out = torch.zeros(batch, num_q, heads, head_dim)
+    starts = [0]
+    for h, w in shapes:
+        starts.append(starts[-1] + h * w)
+    for b in range(batch):
+        for q in range(num_q):
+            for hd in range(heads):
+                for lv, (height, width) in enumerate(shapes):
+                    grid = value[b, starts[lv] : starts[lv + 1], hd * head_dim : (hd + 1) * head_dim]
+                    grid = grid.view(height, width, head_dim)
+                    cx, cy, bw, bh = ref[b, q, lv]
+                    for p in range(points):
+                        x = (cx + offsets[b, q, hd, lv, p, 0] / points * bw * 0.5) * width - 0.5
+                        y = (cy + offsets[b, q, hd, lv, p, 1] / points * bh * 0.5) * height - 0.5
+                        x0, y0 = math.floor(x), math.floor(y)
+                        sample = torch.zeros(head_dim)
+                        for yy, xx in ((y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)):
+                            if 0 <= yy < height and 0 <= xx < width:
+                                sample = sample + (1 - abs(x - xx)) * (1 - abs(y - yy)) * grid[yy, xx]
+                        out[b, q, hd] += weights[b, q, hd, lv, p] * sample
+    return attn.output_proj(out.view(batch, num_q, dim))
+
+
+def test_deformable_attention_matches_explicit_sampling() -> None:
+    torch.manual_seed(0)
+    shapes = [(5, 7), (3, 4)]
+    attn = MSDeformAttn(dim=16, num_levels=2, num_heads=4, num_points=3)
+    for p in attn.parameters():  # non-trivial offsets and weights
+        nn.init.normal_(p, std=0.5)
+    query = torch.randn(2, 6, 16)
+    memory = torch.randn(2, sum(h * w for h, w in shapes), 16)
+    ref = torch.cat([torch.rand(2, 6, 2), torch.rand(2, 6, 2) * 0.5 + 0.1], -1)[:, :, None].expand(-1, -1, 2, -1)
+    with torch.no_grad():
+        ours = attn(query, ref, memory, shapes)
+        expected = naive_deformable_attention(attn, query, ref, memory, shapes)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_self_attention_layout_and_groups() -> None:
+    """Packed q/k/v layout equals nn.MultiheadAttention; groups never see each other."""
+    torch.manual_seed(0)
+    attn = GroupedSelfAttention(16, 4)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True)
+    mha.load_state_dict(attn.state_dict())
+    qk, v = torch.randn(2, 12, 16), torch.randn(2, 12, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(qk, v), mha(qk, qk, v, need_weights=False)[0], atol=1e-5, rtol=1e-5)
+        grouped = attn(qk, v, num_groups=3)
+        for g in range(3):
+            rows = slice(4 * g, 4 * (g + 1))
+            torch.testing.assert_close(grouped[:, rows], attn(qk[:, rows], v[:, rows]), atol=1e-6, rtol=1e-6)
+
+
+def test_layer_norm_2d_is_channel_layer_norm() -> None:
+    norm = LayerNorm2d(6)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(2, 6, 3, 5)
+    expected = F.layer_norm(x.permute(0, 2, 3, 1), (6,), norm.weight, norm.bias, 1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_box_delta_reparam() -> None:
+    ref = torch.tensor([0.5, 0.4, 0.2, 0.1])
+    delta = torch.tensor([1.0, -2.0, 0.0, math.log(2.0)])
+    torch.testing.assert_close(apply_box_delta(delta, ref), torch.tensor([0.7, 0.2, 0.2, 0.2]))
+
+
+def test_proposal_border_masking_only_on_wide_maps() -> None:
+    """Trap 15.6: cells outside (0.01, 0.99) are invalid, which only happens for >= 50 cells per side."""
+    proposals, valid = proposal_grid(((24, 24),), torch.device("cpu"))
+    assert valid is None and proposals.shape == (576, 4)
+    torch.testing.assert_close(proposals[25], torch.tensor([1.5 / 24, 1.5 / 24, 0.05, 0.05]))
+    proposals, valid = proposal_grid(((52, 40),), torch.device("cpu"))
+    grid = valid.view(52, 40)
+    assert not grid[0].any() and not grid[-1].any() and grid[1:-1].all()
+    assert not proposals[~valid].any()
+
+
+def test_pos_embed_interpolation_rule() -> None:
+    """Skipped only for N == pe^2 on a square input; otherwise bicubic + antialias in float32 (trap 15.1)."""
+    emb = Embeddings(patch_size=4, width=8, pos_grid=6)
+    nn.init.normal_(emb.position_embeddings)
+    assert emb.interpolate_pos_encoding(6, 6, square_input=True) is emb.position_embeddings
+    out = emb.interpolate_pos_encoding(4, 9, square_input=False)
+    grid = emb.position_embeddings[:, 1:].reshape(1, 6, 6, 8).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(4, 9), mode="bicubic", align_corners=False, antialias=True)
+    torch.testing.assert_close(out[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 36, 8))
+    torch.testing.assert_close(out[:, :1], emb.position_embeddings[:, :1])
+    # Non-square input whose token count happens to equal pe^2 is still resized (to the same grid).
+    assert emb.interpolate_pos_encoding(6, 6, square_input=False) is not emb.position_embeddings
+
+
+@pytest.mark.parametrize(("grid_h", "grid_w", "num_windows"), [(4, 6, 2), (6, 9, 3), (5, 5, 1)])
+def test_window_partition_round_trip(grid_h: int, grid_w: int, num_windows: int) -> None:
+    vit = WindowedDinov2(8, 1, 2, patch_size=2, pos_grid=2, num_windows=num_windows, out_feature_indexes=(1,))
+    tokens = torch.randn(2, 1 + grid_h * grid_w, 8)
+    windows = vit._window(tokens, grid_h, grid_w)
+    nw = num_windows
+    assert windows.shape == (2 * nw * nw, 1 + grid_h * grid_w // (nw * nw), 8)
+    # Window b*nw^2 + r*nw + c holds the patch block (r, c) of image b, row-major, after its own CLS copy.
+    patches = tokens[:, 1:].reshape(2, grid_h, grid_w, 8)
+    h, w = grid_h // nw, grid_w // nw
+    last = (2 - 1) * nw * nw + (nw - 1) * nw + (nw - 1)
+    torch.testing.assert_close(windows[last, 1:], patches[1, -h:, -w:].reshape(h * w, 8))
+    torch.testing.assert_close(windows[last, 0], tokens[1, 0])
+    unwindowed = vit._unwindow(windows[:, 1:], grid_h, grid_w)
+    torch.testing.assert_close(unwindowed, patches.permute(0, 3, 1, 2))

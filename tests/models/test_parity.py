@@ -1,0 +1,74 @@
+"""Parity with rfdetr 1.11.2 reference outputs (shared/refs, nano with perturbed random weights)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rfdetr.config import MODEL_PRESETS
+from rfdetr.models import RFDETRModel, build_postprocessor
+from tests.models.conftest import KP_MASK_KEY, NANO_JSON, require
+from tests.models.parity_utils import compare_tie_aware, match_detections_up_to_ties
+
+ATOL = 1e-4
+RAW_KEYS = (
+    "pred_logits",
+    "pred_boxes",
+    "aux_outputs.0.pred_logits",
+    "aux_outputs.0.pred_boxes",
+    "enc_outputs.pred_logits",
+    "enc_outputs.pred_boxes",
+)
+
+
+def test_nano_keys_and_shapes_match_reference(nano_state_dict: dict, nano_model: RFDETRModel) -> None:
+    """Same key set, shapes and dtypes as the reference checkpoint and its JSON listing (minus _kp_active_mask)."""
+    ours = nano_model.state_dict()
+    assert KP_MASK_KEY not in ours
+    assert list(ours) == list(nano_state_dict)  # even the order matches upstream's module tree
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in nano_state_dict.items()}
+    listing = json.loads(require(NANO_JSON).read_text())["state_dict"]
+    expected = {e["key"]: tuple(e["shape"]) for e in listing if e["key"] != KP_MASK_KEY}
+    assert {k: tuple(v.shape) for k, v in ours.items()} == expected
+    assert not any(name.endswith(("running_mean", "running_var", "num_batches_tracked")) for name in ours)
+
+
+@pytest.mark.parametrize("name", ["random", "synthetic"])
+def test_nano_eval_outputs_match_reference(
+    nano_model: RFDETRModel, nano_io: dict, nano_eval_outputs: dict, name: str
+) -> None:
+    ref = {k: nano_io[f"{name}_outputs"][k] for k in RAW_KEYS}
+    num_queries = MODEL_PRESETS["nano"].num_queries
+    outputs = nano_eval_outputs[name]
+    assert outputs["pred_logits"].shape == (1, num_queries, 91)
+    diffs, swaps = compare_tie_aware(nano_model, nano_io[f"{name}_input"], ref, num_queries, outputs=outputs)
+    assert max(diffs.values()) <= ATOL, (diffs, swaps)
+
+
+@pytest.mark.parametrize(("name", "size"), [("random", (384, 384)), ("synthetic", (480, 640))])
+def test_nano_postprocess_matches_reference(nano_io: dict, nano_eval_outputs: dict, name: str, size: tuple) -> None:
+    """Top-300 scores/labels/boxes; rows with (near-)tied scores may come in either order (trap 15.7)."""
+    result = build_postprocessor(MODEL_PRESETS["nano"])(nano_eval_outputs[name], torch.tensor([size]))[0]
+    ref = nano_io[f"{name}_postprocess"]
+    assert result["labels"].dtype == ref["labels"].dtype
+    match_detections_up_to_ties(result, ref)
+
+
+def test_nano_train_outputs_match_reference(nano_model: RFDETRModel, nano_train_ref: dict) -> None:
+    """Train mode runs all 13 groups (group-major rows, block-diagonal self-attention) and matches upstream.
+
+    The reference was made on another machine; near-tied two-stage proposals come out swapped in a couple of
+    groups here (upstream itself, rerun on this machine, differs from the file in 5 groups), so swaps of tied
+    neighbours are replayed before comparing.
+    """
+    ref = nano_train_ref["train_outputs"]
+    nano_model.train()
+    try:
+        torch.manual_seed(777)
+        diffs, swaps = compare_tie_aware(nano_model, nano_train_ref["batch"], ref, MODEL_PRESETS["nano"].num_queries)
+    finally:
+        nano_model.eval()
+    assert max(diffs.values()) <= ATOL, (diffs, swaps)
+    assert sum(len(r) for r in swaps.values()) <= 4, swaps  # ties are rare; many "swaps" would hide a real bug
