@@ -71,12 +71,18 @@ def detector_param_groups(cfg: ModelConfig, optim: OptimConfig, freeze_encoder: 
     """The optimizer-group builder of the whole detector (ViT layer-wise decay, spec section 3)."""
 
     def build(model: RFDETRModel) -> list[dict[str, Any]]:
+        freeze_unused(model)
         if freeze_encoder:
             model.backbone[0].encoder.requires_grad_(False)
         return param_groups(model, optim.lr, optim.lr_encoder, optim.weight_decay, optim.lr_vit_layer_decay,
                             optim.lr_component_decay, cfg.out_feature_indexes)
 
     return build
+
+
+def freeze_unused(model: RFDETRModel) -> None:
+    """Freeze DINOv2's ``mask_token``: no forward uses it, and DDP would wait forever for its gradient."""
+    model.backbone[0].encoder.encoder.embeddings.mask_token.requires_grad_(False)
 
 
 def init_weights(model: RFDETRModel, args: argparse.Namespace, size: str) -> None:
