@@ -39,7 +39,7 @@ from rfdetr.ema import ModelEMA
 from rfdetr.engine import StepSettings, evaluate, primary_metric, train_one_epoch
 from rfdetr.evaluation import CocoEvaluator
 from rfdetr.optim import autocast_dtype as pick_autocast_dtype
-from rfdetr.optim import build_grad_scaler, build_scheduler
+from rfdetr.optim import build_grad_scaler, build_scheduler, make_adamw
 from rfdetr.train_config import OptimConfig, TrainConfig
 from rfdetr.util.distributed import DistInfo, barrier, broadcast_object
 from rfdetr.util.early_stopping import EarlyStopping, select_metric
@@ -142,10 +142,8 @@ class _Fit:
                                              grad_accum_steps=train_cfg.grad_accum_steps)
         self.val_loader = build_dataloader(job.val_set, train_cfg.batch_size, train=False,
                                            workers=train_cfg.num_workers, seed=train_cfg.seed)
-        groups = job.param_groups(self.model)
-        if not groups:
-            raise ValueError("nothing to train: every parameter is frozen")
-        self.optimizer = torch.optim.AdamW(groups, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+        self.optimizer = make_adamw(job.param_groups(self.model), lr=optim_cfg.lr,
+                                    weight_decay=optim_cfg.weight_decay)
         self.steps_per_epoch = max(1, len(self.train_loader) // train_cfg.grad_accum_steps)
         self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch,
                                          epochs=train_cfg.epochs, warmup_epochs=optim_cfg.warmup_epochs,
