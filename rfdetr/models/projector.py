@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from rfdetr.models.layers import LayerNorm2d
+from rfdetr.models.layers import LayerNorm2d, linear
 
 # Level name -> resampling factor relative to the ViT patch grid.
 LEVEL_SCALES: dict[str, float] = {"P3": 2.0, "P4": 1.0, "P5": 0.5}
@@ -29,7 +29,13 @@ class ConvX(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x [B, in_ch, H, W]. Returns: [B, out_ch, H/stride, W/stride]."""
-        return self.act(self.bn(self.conv(x)))
+        if self.conv.kernel_size == (1, 1) and self.conv.stride == (1, 1):
+            # A 1x1 conv is a matmul over channels. Doing it on the NHWC view (the ViT taps and every LayerNorm2d
+            # output are channels-last in memory) avoids PyTorch's slow non-contiguous conv path and all copies.
+            x = linear(x.permute(0, 2, 3, 1), self.conv.weight.flatten(1)).permute(0, 3, 1, 2)
+        else:
+            x = self.conv(x)
+        return self.act(self.bn(x))
 
 
 class Bottleneck(nn.Module):

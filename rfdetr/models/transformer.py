@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rfdetr.models.deformable_attention import MSDeformAttn
-from rfdetr.models.layers import MLP, apply_box_delta
+from rfdetr.models.layers import MLP, apply_box_delta, linear
 from rfdetr.models.position_encoding import sine_box_embedding
 
 # A proposal is kept only if cx, cy, w and h all lie strictly inside this open interval (spec 5.1, trap 15.6).
@@ -124,7 +124,8 @@ class TransformerDecoderLayer(nn.Module):
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.self_attn(q, tgt, num_groups))
         tgt = self.norm2(tgt + self.cross_attn(tgt + query_pos, reference_boxes, memory, spatial_shapes))
-        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        hidden = linear(tgt, self.linear1.weight, self.linear1.bias).relu_()
+        return self.norm3(tgt + linear(hidden, self.linear2.weight, self.linear2.bias))
 
 
 class TransformerDecoder(nn.Module):
@@ -254,7 +255,8 @@ class Transformer(nn.Module):
             the two-stage outputs, group-major; ``memory`` [B, S, D].
         """
         spatial_shapes = tuple((int(m.shape[-2]), int(m.shape[-1])) for m in feature_maps)
-        memory = torch.cat([m.flatten(2).transpose(1, 2) for m in feature_maps], dim=1)  # [B, S, D]
+        flat_maps = [m.flatten(2).transpose(1, 2) for m in feature_maps]  # [B, H_l*W_l, D] each
+        memory = flat_maps[0] if len(flat_maps) == 1 else torch.cat(flat_maps, dim=1)  # [B, S, D]
         batch = memory.shape[0]
 
         proposals, valid = proposal_grid(spatial_shapes, memory.device)
@@ -262,7 +264,10 @@ class Transformer(nn.Module):
         # decoder attends to (trap 15.6).
         scored = memory if valid is None else memory.masked_fill(~valid[:, None], 0.0)
         selected = [self.select_proposals(scored, proposals, g) for g in range(num_groups)]
-        enc_features, enc_logits, enc_boxes = (torch.cat(parts, dim=1) for parts in zip(*selected, strict=True))
+        if num_groups == 1:
+            enc_features, enc_logits, enc_boxes = selected[0]
+        else:
+            enc_features, enc_logits, enc_boxes = (torch.cat(parts, dim=1) for parts in zip(*selected, strict=True))
 
         num_rows = num_groups * self.num_queries
         tgt = query_feat[:num_rows].unsqueeze(0).expand(batch, -1, -1)
