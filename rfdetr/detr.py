@@ -38,6 +38,8 @@ from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, ModelConfi
 from rfdetr.data.coco_classes import COCO_CLASSES
 from rfdetr.detections import Detections
 from rfdetr.models import PostProcess, build_model
+from rfdetr.models.mask_head import MaskHeadConfig, build_mask_head
+from rfdetr.models.segmenter import Segmenter
 from rfdetr.weights import PRESET_WEIGHTS, resolve_weights
 
 __all__ = [
@@ -82,8 +84,9 @@ class RFDETR:
         resolution: square input side; must be a multiple of ``patch_size * num_windows``. The stored position
             embeddings are interpolated to it when the preset derives them from the resolution.
         device: torch device; default CUDA when available, else CPU.
-        masks: whether :meth:`predict` returns masks. Default: on for segmentation presets. ``True`` is reserved for
-            stage-2 checkpoints that add a mask head to a detector; it is stored and used when the model has one.
+        masks: whether :meth:`predict` returns masks. Default: on for segmentation presets and for stage-2
+            checkpoints (``train_seg_stage2.py``: a detector plus a MaskHead / MaskHeadNano, rebuilt from the
+            checkpoint's ``mask_head`` entry). ``False`` with a stage-2 checkpoint loads the detector alone.
 
     Attributes:
         model: the ``nn.Module`` (eval mode, on ``device``).
@@ -122,7 +125,8 @@ class RFDETR:
         ckpt = load_checkpoint_file(resolve_weights(path))
         target = cls
         if cls.size is None:
-            target = PRESET_CLASSES[infer_model_config(extract_state_dict(ckpt), ckpt).name]
+            detector_state, _, _ = _split_stage2(ckpt, extract_state_dict(ckpt))
+            target = PRESET_CLASSES[infer_model_config(detector_state, ckpt).name]
         obj = target.__new__(target)
         obj._setup(ckpt, **kwargs)
         return obj
@@ -139,6 +143,11 @@ class RFDETR:
         masks: bool | None = None,
     ) -> None:
         state_dict = extract_state_dict(ckpt) if ckpt is not None else None
+        head_state: dict[str, torch.Tensor] = {}
+        head_cfg: MaskHeadConfig | None = None
+        if ckpt is not None and state_dict is not None:
+            # A stage-2 checkpoint is a detector checkpoint plus the mask head's keys: the detector loads as usual.
+            state_dict, head_state, head_cfg = _split_stage2(ckpt, state_dict)
         cfg = self._config_for(state_dict, ckpt, num_classes, resolution)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = build_model(cfg)
@@ -148,6 +157,8 @@ class RFDETR:
                 self.load_report = load_into(self.model, state_dict)
             except CheckpointError as err:
                 raise CheckpointError(f"cannot load the checkpoint into {type(self).__name__}: {err}") from None
+        if head_cfg is not None and masks is not False:
+            self.model = _attach_mask_head(self.model, head_cfg, head_state, type(self).__name__)
         self.model.to(self.device).eval()
         # Checkpoint names only describe the checkpoint's own class heads, not re-initialised ones.
         heads_loaded = self.load_report is not None and not self.load_report.reinitialized
@@ -157,8 +168,9 @@ class RFDETR:
         # so that a checkpoint saved from it does not claim names nobody chose.
         recorded = class_names if class_names is not None else ckpt_names
         self.model_config = cfg.replace(class_names=tuple(recorded or ()))
-        self.masks = cfg.segmentation_head if masks is None else bool(masks)
-        if masks and not cfg.segmentation_head:
+        has_masks = cfg.segmentation_head or isinstance(self.model, Segmenter)
+        self.masks = has_masks if masks is None else bool(masks)
+        if masks and not has_masks:
             logger.warning("masks=True but %s has no mask head: predictions will carry no masks", type(self).__name__)
         self.postprocess = PostProcess(num_select=cfg.num_select)
         self._optimized: nn.Module | None = None
@@ -330,6 +342,40 @@ class RFDETR:
             f"{type(self).__name__}(resolution={cfg.resolution}, num_classes={cfg.num_classes}, "
             f"masks={self.masks}, device={self.device})"
         )
+
+
+def _split_stage2(
+    ckpt: dict[str, Any], state_dict: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], MaskHeadConfig | None]:
+    """(detector keys, mask-head keys without their prefix, head config) of a stage-2 checkpoint.
+
+    Other checkpoints come back unchanged with no head (rfdetr segmentation checkpoints keep their
+    ``segmentation_head.*``: it is part of their preset).
+    """
+    stored = ckpt.get("mask_head")
+    if not isinstance(stored, dict):
+        return state_dict, {}, None
+    try:
+        head_cfg = MaskHeadConfig.from_dict(stored)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"the checkpoint's 'mask_head' entry {stored} is not a mask-head config: {err}") from None
+    prefix = head_cfg.key_prefix
+    head = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not head:
+        raise CheckpointError(f"the checkpoint records a {head_cfg.kind} mask head but holds no '{prefix}*' tensors")
+    return {k: v for k, v in state_dict.items() if not k.startswith(prefix)}, head, head_cfg
+
+
+def _attach_mask_head(detector: nn.Module, head_cfg: MaskHeadConfig, head_state: dict[str, torch.Tensor],
+                      owner: str) -> Segmenter:
+    """The detector plus the stage-2 head rebuilt from its config and weights (strict)."""
+    head = build_mask_head(head_cfg)
+    try:
+        head.load_state_dict(head_state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"cannot load the checkpoint's {head_cfg.kind} mask head into {owner}: "
+                              f"{str(err).splitlines()[0]}") from None
+    return Segmenter(detector, head, freeze_detector=True)
 
 
 def _with_resolution(cfg: ModelConfig, preset: ModelConfig, resolution: int) -> ModelConfig:

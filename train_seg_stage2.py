@@ -1,0 +1,60 @@
+"""Stage 2: train a mask head on the frozen stage-1 detector (instance segmentation).
+
+    python train_seg_stage2.py --size nano --stage1_run runs/detector_nano_384_1 \\
+        --checkpoint runs/detector_nano_384_1/checkpoint_3class.pth --dataset dataset/ --epochs 50 --batch 2 --accum 2
+    python train_seg_stage2.py ... --augment 0 --multi_scale 0 --cache_features   # detector runs once per image
+    python train_seg_stage2.py --resume runs/segmentation_nano_384_1/checkpoint.pth ...   # continue a run
+
+Every detector weight is loaded and frozen; only the mask head trains (MaskHeadNano for nano with --mask_head auto).
+Writes runs/segmentation_{size}_{resolution}_{n}/ (config.json, log.jsonl, tb/, checkpoint*.pth, results.json);
+predict with RFDETRNano(pretrain_weights=".../checkpoint_best_total.pth", masks=True).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rfdetr.checkpoint import CheckpointError
+from rfdetr.cli import add_training_arguments, detection_sizes, setup_logging
+from rfdetr.engine import NonFiniteLossError
+from rfdetr.models.mask_head import MASK_HEAD_KINDS
+from rfdetr.train_config import SEGMENTATION_LOSS
+from rfdetr.weights import WeightsDownloadError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    from rfdetr.stage2 import STAGE2_OPTIM_DEFAULTS, STAGE2_TRAIN_DEFAULTS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_arguments(parser, detection_sizes(), train_overrides=STAGE2_TRAIN_DEFAULTS,
+                           loss_defaults=SEGMENTATION_LOSS, optim_overrides=STAGE2_OPTIM_DEFAULTS)
+    parser.add_argument("--stage1_run", "--stage1-run", default=None,
+                        help="stage-1 run folder; its best checkpoint is used unless --checkpoint is given")
+    parser.add_argument("--checkpoint", default=None,
+                        help="detector weights: ours (e.g. shrink_head.py's output), an official rf-detr-*.pth or an "
+                             "rfdetr training checkpoint; a stage-2 checkpoint also restores its mask head")
+    parser.add_argument("--mask_head", "--mask-head", choices=MASK_HEAD_KINDS, default="auto",
+                        help="MaskHead (rfdetr's head), MaskHeadNano (light), or auto: nano for --size nano")
+    parser.add_argument("--cache_features", "--cache-features", nargs="?", const="memory", default=None,
+                        metavar="DIR", help="compute the frozen detector's outputs once (needs --augment 0 "
+                                            "--multi_scale 0); in memory, or float16 files under DIR")
+    parser.add_argument("--seg_lr", "--seg-lr", dest="lr", type=float, default=argparse.SUPPRESS,
+                        help="learning rate of the mask head (the fork's name for --lr)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging()
+    from rfdetr.stage2 import run
+
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError, CheckpointError, WeightsDownloadError, NonFiniteLossError) as e:
+        print(f"train_seg_stage2.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
