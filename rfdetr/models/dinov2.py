@@ -310,7 +310,12 @@ def compute_global_block_indexes(out_feature_indexes: Sequence[int], depth: int)
 
 
 def build_dinov2(
-    width: int, depth: int, num_heads: int, patch_size: int, pos_grid: int, num_windows: int,
+    width: int,
+    depth: int,
+    num_heads: int,
+    patch_size: int,
+    pos_grid: int,
+    num_windows: int,
     out_feature_indexes: Sequence[int],
 ) -> DinoV2:
     """Build the windowed ViT wrapped in :class:`DinoV2` (keys ``encoder.{embeddings,encoder,layernorm}.*``)."""

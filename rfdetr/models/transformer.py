@@ -93,9 +93,7 @@ class GroupedSelfAttention(nn.Module):
 class TransformerDecoderLayer(nn.Module):
     """Post-norm decoder layer: self-attention, deformable cross-attention, ReLU FFN (dropout is 0 upstream)."""
 
-    def __init__(
-        self, dim: int, sa_heads: int, ca_heads: int, num_levels: int, num_points: int, ffn_dim: int
-    ) -> None:
+    def __init__(self, dim: int, sa_heads: int, ca_heads: int, num_levels: int, num_points: int, ffn_dim: int) -> None:
         super().__init__()
         self.self_attn = GroupedSelfAttention(dim, sa_heads)
         self.norm1 = nn.LayerNorm(dim)

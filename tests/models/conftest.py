@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 
 from rfdetr.config import MODEL_PRESETS
 from rfdetr.models import RFDETRModel, build_model
-
-REPO = Path(__file__).resolve().parents[2]
-REFS = REPO.parent / "shared" / "refs"
-NANO_CKPT = REFS / "rf-detr-nano-perturbed-random.legacy.pth"
-NANO_IO = REFS / "rf-detr-nano-perturbed-io.pt"
-NANO_TRAIN = REFS / "rf-detr-nano-perturbed-loss.pt"
-NANO_JSON = REFS / "rf-detr-nano-perturbed.json"
-
-# Buffer that rfdetr >= 1.7 registers but released checkpoints lack (spec 12.3); we never register it.
-KP_MASK_KEY = "_kp_active_mask"
-
-
-def require(path: Path) -> Path:
-    """Skip the calling test when a shared reference file is absent."""
-    if not path.exists():
-        pytest.skip(f"reference file {path} not found (the shared/ folder beside the repo is absent)")
-    return path
+from tests.models.refs import KP_MASK_KEY, NANO_CKPT, NANO_IO, NANO_TRAIN, require
 
 
 @pytest.fixture(scope="package", autouse=True)

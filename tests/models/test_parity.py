@@ -9,8 +9,8 @@ import torch
 
 from rfdetr.config import MODEL_PRESETS
 from rfdetr.models import RFDETRModel, build_postprocessor
-from tests.models.conftest import KP_MASK_KEY, NANO_JSON, require
 from tests.models.parity_utils import compare_tie_aware, match_detections_up_to_ties
+from tests.models.refs import KP_MASK_KEY, NANO_JSON, require
 
 ATOL = 1e-4
 RAW_KEYS = (
@@ -72,3 +72,11 @@ def test_nano_train_outputs_match_reference(nano_model: RFDETRModel, nano_train_
         nano_model.eval()
     assert max(diffs.values()) <= ATOL, (diffs, swaps)
     assert sum(len(r) for r in swaps.values()) <= 4, swaps  # ties are rare; many "swaps" would hide a real bug
+
+
+def test_nano_export_graph_matches_reference(nano_model: RFDETRModel, nano_io: dict) -> None:
+    """``random_forward_export``: the export graph's (boxes, logits), last layer and group 0 only."""
+    with torch.no_grad():
+        boxes, logits = nano_model.forward_export(nano_io["random_input"])
+    ref_boxes, ref_logits = nano_io["random_forward_export"]
+    assert (boxes - ref_boxes).abs().max() <= ATOL and (logits - ref_logits).abs().max() <= ATOL
