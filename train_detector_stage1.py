@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfdetr.checkpoint import CheckpointError
-from rfdetr.cli import DEFAULT_PRETRAIN_EXCLUDE, add_training_arguments, detection_sizes, setup_logging
-from rfdetr.engine import NonFiniteLossError
-from rfdetr.weights import WeightsDownloadError
+from rfdetr.cli import DEFAULT_PRETRAIN_EXCLUDE, add_training_arguments, detection_sizes, run_training_script
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,15 +27,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging()
     from rfdetr.stage1 import run
 
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError, CheckpointError, WeightsDownloadError, NonFiniteLossError) as e:
-        print(f"train_detector_stage1.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_training_script("train_detector_stage1.py", run, args)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfdetr.checkpoint import CheckpointError
-from rfdetr.cli import add_training_arguments, detection_sizes, setup_logging
-from rfdetr.engine import NonFiniteLossError
+from rfdetr.cli import add_training_arguments, detection_sizes, run_training_script
 from rfdetr.models.mask_head import MASK_HEAD_KINDS
 from rfdetr.train_config import SEGMENTATION_LOSS
-from rfdetr.weights import WeightsDownloadError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,15 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging()
     from rfdetr.stage2 import run
 
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError, CheckpointError, WeightsDownloadError, NonFiniteLossError) as e:
-        print(f"train_seg_stage2.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_training_script("train_seg_stage2.py", run, args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import fnmatch
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,22 @@ def load_pretrained(model: nn.Module, name_or_path: str, exclude: list[str] | No
 def parse_exclude(text: str | None) -> list[str]:
     """``"a.*,b.c"`` -> ``["a.*", "b.c"]`` (the fork's comma-separated form; a trailing ``*`` is a prefix)."""
     return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def run_training_script(script: str, run: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run a training entry point: 0 on success; 2 with a one-line ``script: error: ...`` for the errors a user
+    can fix (bad paths, data, weights, flags, diverging loss), never a traceback for those."""
+    from rfdetr.checkpoint import CheckpointError
+    from rfdetr.engine import NonFiniteLossError
+    from rfdetr.weights import WeightsDownloadError
+
+    setup_logging()
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError, CheckpointError, WeightsDownloadError, NonFiniteLossError) as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def pick_device(requested: str | None) -> torch.device:
