@@ -4,7 +4,10 @@ With augmentation and multi-scale off, an image reaches the network as the same 
 detector (eval mode, no dropout) maps it to the same outputs. The first epoch therefore stores, per image, what the
 mask head and the matcher need (:data:`rfdetr.models.segmenter.DetectorOutputs`: the projector map, the decoder
 outputs of every layer, their logits and boxes) in float16; later epochs, and every evaluation after the first, skip
-the detector. Images still load every epoch: their ground-truth masks are the targets.
+the detector. The training split's targets (boxes, labels, masks bit-packed) are stored too, so that a cached training
+sample is not even read from disk: its image is only a placeholder of the right size, since the mask head needs the
+input size and nothing else (in DataLoader workers, which hold a copy of an in-memory store made before it filled,
+images are read as usual; a disk store is seen by every process).
 
 Samples are identified by ``target["cache_key"]`` (``"{split}/{index}"``), which :class:`KeyedDataset` adds, so the
 train, valid and test splits (whose COCO image ids overlap) never share entries. Entries live in memory, or on disk
@@ -23,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -39,23 +43,49 @@ _BATCH_FIRST = ("features",)
 _CACHED = ("features", "hs", "logits", "boxes")
 
 
+def _pack_target(target: Mapping[str, Any]) -> dict[str, Any]:
+    """A target on the CPU with its bool masks [N, H, W] bit-packed along W (8x smaller)."""
+    out = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in target.items()}
+    if "masks" in out:
+        masks = out.pop("masks")
+        out["masks_packed"] = torch.from_numpy(np.packbits(masks.numpy().astype(bool), axis=-1))
+        out["masks_width"] = int(masks.shape[-1])
+    return out
+
+
+def _unpack_target(packed: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`_pack_target`."""
+    out = dict(packed)
+    if "masks_packed" in out:
+        bits = out.pop("masks_packed").numpy()
+        out["masks"] = torch.from_numpy(np.unpackbits(bits, axis=-1, count=out.pop("masks_width")).astype(bool))
+    return out
+
+
 class KeyedDataset(Dataset):
     """A dataset whose targets carry ``cache_key = "{tag}/{index}"``; every other attribute is the wrapped one's.
 
     Args:
         dataset: e.g. a :class:`rfdetr.data.coco.CocoDetection` split (its transforms must be deterministic).
         tag: the split name, unique among the datasets sharing one cache.
+        store: when given, a sample whose target the store holds is served from it without reading the image (the
+            image is a zero placeholder of the network input size). Only for training: evaluation draws pictures.
     """
 
-    def __init__(self, dataset: Dataset, tag: str) -> None:
-        self.dataset, self.tag = dataset, tag
+    def __init__(self, dataset: Dataset, tag: str, store: FeatureStore | None = None) -> None:
+        self.dataset, self.tag, self.store = dataset, tag, store
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        key = f"{self.tag}/{index}"
+        target = self.store.target(key) if self.store is not None else None
+        if target is not None:
+            height, width = (int(v) for v in target["size"])
+            return torch.zeros(()).expand(3, height, width), {**target, CACHE_KEY: key}
         image, target = self.dataset[index]
-        return image, {**target, CACHE_KEY: f"{self.tag}/{index}"}
+        return image, {**target, CACHE_KEY: key}
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally; "dataset" itself is excluded so that unpickling in
@@ -81,6 +111,7 @@ class FeatureStore:
                  fingerprint: Mapping[str, Any] | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
         self._memory: dict[str, dict[str, torch.Tensor]] = {}
+        self._targets: dict[str, dict[str, Any]] = {}
         self.hits = self.misses = 0
         self.nbytes = 0
         if self.directory is not None:
@@ -102,9 +133,14 @@ class FeatureStore:
                                  "choose an empty or new folder")
             manifest.write_text(json.dumps(fingerprint, indent=2))
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str, suffix: str = ".pt") -> Path:
         assert self.directory is not None
-        return self.directory / (key.replace("/", "_") + ".pt")
+        return self.directory / (key.replace("/", "_") + suffix)
+
+    def _save(self, obj: Any, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(obj, tmp)
+        os.replace(tmp, path)  # atomic: an interrupted run never leaves half an entry
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
         """The entry of one image (float16 tensors without a batch dimension), or None."""
@@ -117,22 +153,33 @@ class FeatureStore:
             self.hits += 1
         return entry
 
-    def put(self, key: str, entry: dict[str, torch.Tensor]) -> None:
-        """Store one image's entry (tensors are kept as given: float16, CPU)."""
+    def target(self, key: str) -> dict[str, Any] | None:
+        """The stored target of one sample (masks unpacked), or None; not counted as a hit or miss."""
+        packed = self._targets.get(key)
+        if packed is None and self.directory is not None and self._path(key, ".target.pt").is_file():
+            packed = torch.load(self._path(key, ".target.pt"), map_location="cpu", weights_only=True)
+        return None if packed is None else _unpack_target(packed)
+
+    def put(self, key: str, entry: dict[str, torch.Tensor], target: Mapping[str, Any] | None = None) -> None:
+        """Store one image's entry (tensors kept as given: float16, CPU) and optionally its target."""
+        packed = _pack_target(target) if target is not None else None
+        new = key not in self._memory and not (self.directory is not None and self._path(key).is_file())
         if self.directory is None:
-            if key not in self._memory:
-                self.nbytes += sum(t.numel() * t.element_size() for t in entry.values())
             self._memory[key] = entry
-            return
-        tmp = self._path(key).with_suffix(".tmp")
-        torch.save(entry, tmp)
-        os.replace(tmp, self._path(key))  # atomic: an interrupted run never leaves half an entry
-        self.nbytes += sum(t.numel() * t.element_size() for t in entry.values())
+            if packed is not None:
+                self._targets[key] = packed
+        else:
+            self._save(entry, self._path(key))
+            if packed is not None:
+                self._save(packed, self._path(key, ".target.pt"))
+        if new:
+            tensors = [*entry.values(), *(v for v in (packed or {}).values() if torch.is_tensor(v))]
+            self.nbytes += sum(t.numel() * t.element_size() for t in tensors)
 
     def __len__(self) -> int:
         if self.directory is None:
             return len(self._memory)
-        return sum(1 for _ in self.directory.glob("*.pt"))
+        return sum(1 for p in self.directory.glob("*.pt") if not p.name.endswith(".target.pt"))
 
 
 def _split_batch(det: DetectorOutputs, index: int) -> dict[str, torch.Tensor]:
@@ -153,10 +200,16 @@ class CachedForward:
     Called as ``forward(model, images, targets)`` with the (possibly DDP-wrapped) :class:`Segmenter` whose detector
     is frozen, and targets from a :class:`KeyedDataset`. The mask head always sees the stored float16 values (also
     on the first, filling pass), so every epoch trains on exactly the same inputs.
+
+    Args:
+        store: where entries live.
+        target_tags: splits (key prefixes) whose targets are stored as well, so that :class:`KeyedDataset` can skip
+            their images later (``("train",)`` in stage 2).
     """
 
-    def __init__(self, store: FeatureStore) -> None:
+    def __init__(self, store: FeatureStore, target_tags: tuple[str, ...] = ("train",)) -> None:
         self.store = store
+        self.target_tags = target_tags
 
     def __call__(self, model: nn.Module, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, Any]:
         segmenter = unwrap_model(model)
@@ -173,6 +226,7 @@ class CachedForward:
             det = segmenter.detect(images[missing])
             for j, i in enumerate(missing):
                 entries[i] = _split_batch(det, j)
-                self.store.put(keys[i], entries[i])
+                keep_target = keys[i].split("/", 1)[0] in self.target_tags
+                self.store.put(keys[i], entries[i], target=targets[i] if keep_target else None)
         # Through the (DDP) wrapper's forward, so that gradient synchronisation is set up as usual.
         return model(images, detections=_stack(entries, images.device))  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,8 @@ def split_mask_head(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
 def shrink_command(path: Path, dataset: Path, num_classes: int) -> str:
     """The shrink_head.py command that fits ``path``'s class heads to ``dataset``."""
     out = path.with_name(f"checkpoint_{num_classes}class.pth")
-    return f"python shrink_head.py --in_ckpt {path} --out_ckpt {out} --dataset {dataset}"
+    return shlex.join(["python", "shrink_head.py", "--in_ckpt", str(path), "--out_ckpt", str(out), "--dataset",
+                       str(dataset)])
 
 
 def check_classes(path: Path, ckpt: dict[str, Any], state: dict[str, torch.Tensor], dataset: Path,
@@ -148,7 +150,7 @@ def check_classes(path: Path, ckpt: dict[str, Any], state: dict[str, torch.Tenso
     else:
         lines += ["Stage 2 trains masks for the detector's own classes, so first cut its head to the dataset's:",
                   f"    {shrink_command(path, dataset, len(names))}",
-                  f"then pass --checkpoint {path.with_name(f'checkpoint_{len(names)}class.pth')}"]
+                  f"then pass --checkpoint {shlex.quote(str(path.with_name(f'checkpoint_{len(names)}class.pth')))}"]
     raise Stage2Error("\n".join(lines))
 
 
@@ -348,7 +350,8 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
         directory = None if args.cache_features == "memory" else args.cache_features
         store = FeatureStore(directory, _cache_fingerprint(source, cfg, root))
         forward = CachedForward(store)
-        train, valid = KeyedDataset(train, "train"), KeyedDataset(valid, "valid")
+        # Only the training split skips its images once cached: validation images are also drawn in TensorBoard.
+        train, valid = KeyedDataset(train, "train", store), KeyedDataset(valid, "valid")
         test = KeyedDataset(test, "test") if test is not None else None
     scales = (multi_scale_sizes(cfg.resolution, cfg.input_divisor, train_cfg.expanded_scales)
               if train_cfg.multi_scale and not train_cfg.do_random_resize_via_padding else [])

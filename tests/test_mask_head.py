@@ -38,7 +38,7 @@ def test_nano_head_is_under_a_quarter_of_maskhead() -> None:
     full = build_mask_head(MaskHeadConfig("full", 256, 2))
     nano = build_mask_head(MaskHeadConfig("nano", 256, 2))
     n_full, n_nano = (sum(p.numel() for p in h.parameters()) for h in (full, nano))
-    assert (n_full, n_nano) == (795_393, 46_657)
+    assert (n_full, n_nano) == (795_393, 20_513)
     assert n_nano <= 0.25 * n_full
 
 

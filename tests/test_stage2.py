@@ -193,6 +193,23 @@ def test_run_folder(overfit: tuple[Path, float]) -> None:
         record)
 
 
+def test_resume_and_eval_only(overfit: tuple[Path, float], four_images: Path, stage1_run: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture) -> None:
+    run_dir = Path(shutil.copytree(overfit[0], tmp_path / overfit[0].name))
+    assert run_stage2(four_images, tmp_path / "unused", "--resume", str(run_dir / "checkpoint.pth"), "--epochs", "26",
+                      "--seg_lr", "2e-3", "--early_stopping", "0") == 0
+    records = read_jsonl(run_dir / "log.jsonl")
+    assert [r["epoch"] for r in records[-2:]] == [24, 25] and not (tmp_path / "unused").exists()
+    before = extract_state_dict(load_checkpoint_file(stage1_run / "checkpoint_best_total.pth"))
+    after = load_checkpoint_file(run_dir / "checkpoint.pth")["model"]
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    capsys.readouterr()
+    assert run_stage2(four_images, tmp_path / "unused", "--checkpoint", str(run_dir / "checkpoint_best_total.pth"),
+                      "--eval_only") == 0
+    assert "IoU metric: segm" in capsys.readouterr().out
+    assert run_stage2(four_images, tmp_path / "unused", "--stage1_run", str(stage1_run), "--eval_only") == 2
+
+
 def test_predict_returns_masks_at_the_original_size(overfit: tuple[Path, float], four_images: Path) -> None:
     run_dir, _ = overfit
     model = RFDETRTiny(pretrain_weights=run_dir / "checkpoint_best_total.pth", resolution=RESOLUTION)
@@ -323,6 +340,13 @@ def test_feature_cache_runs_the_detector_once_per_image(four_images: Path, stage
     assert len(epoch_calls) == 3 and setup.store.hits > 2 * setup.store.misses
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["resolution"] == RESOLUTION
+    # Cached training samples come from the store, images unread; the targets are the dataset's, bit for bit.
+    image, target = setup.job.train_set[1]
+    fresh_image, fresh = setup.job.train_set.dataset[1]
+    assert image.shape == fresh_image.shape and not image.any()
+    assert fresh.keys() <= target.keys() and target["cache_key"] == "train/1"
+    for key, value in fresh.items():
+        assert torch.equal(target[key], value), key
 
 
 def test_feature_cache_needs_fixed_inputs(four_images: Path, stage1_run: Path, tmp_path: Path,
