@@ -39,8 +39,9 @@ def ia_bce_loss(
     Each (image, query, class) entry is a binary problem. A matched entry (its query matched a target of that class)
     gets the soft target ``t = p^alpha * IoU^(1 - alpha)`` (clamped to >= 0.01): confident *and* well-localised
     queries are pushed to high scores, so the score ranks boxes by quality. Every other entry is a negative weighted
-    by ``p^gamma``, which, like focal loss, mutes the thousands of easy negatives. ``p`` and ``t`` are detached: they
-    only set weights.
+    by ``p^gamma``, which, like focal loss, mutes the thousands of easy negatives. The soft target ``t`` is detached,
+    but the negatives' ``p^gamma`` is not: as in focal loss (and in LW-DETR / rfdetr, whose gradients the parity test
+    checks), the weight is differentiated too.
 
     With ``w+`` and ``w-`` the positive/negative weights, ``-w+ log p - w- log(1 - p)`` is evaluated as
     ``w- * x - (w+ + w-) * logsigmoid(x)`` (since ``log(1 - p) = logsigmoid(x) - x``): one fused log-sigmoid, no
@@ -59,10 +60,10 @@ def ia_bce_loss(
     Returns:
         Scalar loss.
     """
-    prob = logits.sigmoid().detach()
+    prob = logits.sigmoid()
     pos_weights = torch.zeros_like(logits)
     neg_weights = prob**gamma
-    matched_prob = prob[batch_idx, query_idx, labels]
+    matched_prob = prob[batch_idx, query_idx, labels].detach()
     target = (matched_prob**alpha * iou.detach().to(prob.dtype) ** (1.0 - alpha)).clamp(min=0.01)
     pos_weights[batch_idx, query_idx, labels] = target
     neg_weights[batch_idx, query_idx, labels] = 1.0 - target

@@ -65,9 +65,12 @@ def find_swaps(
 
 
 def forward_with_swaps(
-    model: RFDETRModel, pixels: torch.Tensor, swaps: dict[tuple[int, int], list[int]]
-) -> dict[str, torch.Tensor]:
-    """Forward pass where the listed adjacent two-stage ranks are exchanged (replaying the reference order)."""
+    model: RFDETRModel, pixels: torch.Tensor, swaps: dict[tuple[int, int], list[int]], flat: bool = True
+) -> dict:
+    """Forward pass where the listed adjacent two-stage ranks are exchanged (replaying the reference order).
+
+    Returns the outputs flattened like the reference files, or as the model's nested dict when ``flat`` is False.
+    """
     transformer = model.transformer
     original: Callable = transformer.select_proposals
 
@@ -83,7 +86,8 @@ def forward_with_swaps(
 
     transformer.select_proposals = patched
     try:
-        return flatten_outputs(model(pixels))
+        outputs = model(pixels)
+        return flatten_outputs(outputs) if flat else outputs
     finally:
         del transformer.select_proposals
 
