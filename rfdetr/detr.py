@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -325,7 +326,10 @@ class RFDETR:
             param.requires_grad_(False)
         if compile:
             example = torch.zeros(batch_size, 3, self.resolution, self.resolution, device=self.device, dtype=dtype)
-            with torch.inference_mode():
+            # The shape checks in the graph become constants at the traced size, which is the point; the tracer's
+            # warnings about them would only alarm users.
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 module = torch.jit.trace(module, example, check_trace=False)
         self._optimized, self._optimized_dtype, self._optimized_batch = module, dtype, batch_size
         return module

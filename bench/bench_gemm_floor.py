@@ -1,0 +1,110 @@
+"""How fast can an exact RF-DETR forward be on this CPU? The dense-GEMM floor next to ours and upstream's forward.
+
+    python bench/bench_gemm_floor.py --size nano --upstream-python /path/to/venv-with-rfdetr/bin/python
+
+The ViT linears of an RF-DETR forward are a fixed amount of arithmetic (nano at 384: ~25 GFLOP), set by the
+architecture; an implementation with upstream's outputs cannot skip any of it. This benchmark records every matrix
+multiply (``mm``/``addmm``/``bmm``/``linear``) our forward issues, with its shapes, then times those same products in
+isolation, back to back, with the same thread count: their sum is a floor no exact fp32 implementation on this
+machine and BLAS can beat. It prints the floor, our forward and (with ``--upstream-python``) upstream's forward from
+bench_inference.py's timing code, and the best ratio to upstream the floor allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import time_ours, time_upstream  # noqa: E402
+
+from rfdetr.config import get_preset  # noqa: E402
+from rfdetr.models import build_model  # noqa: E402
+
+_GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm"}
+
+
+def gemm_shapes(size: str, resolution: int, batch: int) -> Counter:
+    """(op, input shapes) -> calls per forward, for every GEMM of our eval forward."""
+    torch.manual_seed(0)
+    model = build_model(get_preset(size).replace(resolution=resolution)).eval()
+    x = torch.randn(batch, 3, resolution, resolution)
+    with torch.inference_mode():
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            model(x)
+    calls: Counter = Counter()
+    for event in prof.events():
+        if event.name in _GEMM_OPS:
+            calls[(event.name, tuple(tuple(s) for s in event.input_shapes))] += 1
+    return calls
+
+
+def time_gemms(calls: Counter, iters: int) -> tuple[float, float]:
+    """(median ms of all recorded GEMMs run back to back, GFLOP per forward)."""
+    work = []
+    gflop = 0.0
+    for (name, shapes), count in calls.items():
+        if name == "aten::mm":
+            a, b = torch.randn(shapes[0]), torch.randn(shapes[1])
+            m, k, n = shapes[0][0], shapes[0][1], shapes[1][1]
+            work += [lambda a=a, b=b: torch.mm(a, b)] * count
+            gflop += 2 * m * k * n * count / 1e9
+        elif name == "aten::addmm":
+            bias, a, b = torch.randn(shapes[0]), torch.randn(shapes[1]), torch.randn(shapes[2])
+            m, k, n = shapes[1][0], shapes[1][1], shapes[2][1]
+            work += [lambda bias=bias, a=a, b=b: torch.addmm(bias, a, b)] * count
+            gflop += 2 * m * k * n * count / 1e9
+        elif name == "aten::bmm":
+            a, b = torch.randn(shapes[0]), torch.randn(shapes[1])
+            bs, m, k, n = shapes[0][0], shapes[0][1], shapes[0][2], shapes[1][2]
+            work += [lambda a=a, b=b: torch.bmm(a, b)] * count
+            gflop += 2 * bs * m * k * n * count / 1e9
+    times = []
+    with torch.inference_mode():
+        for i in range(iters + 2):
+            start = time.perf_counter()
+            for fn in work:
+                fn()
+            if i >= 2:
+                times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), gflop
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="nano")
+    parser.add_argument("--resolution", type=int, default=None, help="default: the preset's own")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--upstream-python", "--upstream_python", dest="upstream_python", default=None)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    res = args.resolution or get_preset(args.size).resolution
+    calls = gemm_shapes(args.size, res, args.batch)
+    floor, gflop = time_gemms(calls, args.iters)
+    ours = statistics.median(time_ours(args.size, res, args.batch, args.iters, 2, torch.float32))
+    line = (f"{args.size} @ {res}, batch {args.batch}, {args.threads} threads: {sum(calls.values())} GEMMs, "
+            f"{gflop:.1f} GFLOP; GEMM floor {floor:.1f} ms ({gflop / floor * 1000:.0f} GFLOP/s), "
+            f"ours fp32 {ours:.1f} ms (GEMMs {floor / ours:.0%} of it)")
+    if args.upstream_python:
+        up = statistics.median(time_upstream(args.upstream_python, args.size, res, args.batch, args.iters, 2,
+                                             args.threads))
+        line += f", upstream {up:.1f} ms: ours/upstream {ours / up:.2f}x, floor/upstream {floor / up:.2f}x"
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
