@@ -110,10 +110,14 @@ def test_class_head_alone_is_sliced_exactly(tiny_model: torch.nn.Module, tiny_ck
     assert run_shrink(capsys, "--in_ckpt", str(tiny_ckpt), "--out_ckpt", str(dst),
                       "--keep", "elderberry", "apple", "cherry")[0] == 0
     sd = load_checkpoint_file(dst)["model"]
+    rows = [4, 0, 2, 5]  # the three kept classes in --keep order, then the spare background row
+    assert torch.equal(sd["class_embed.weight"], tiny_model.class_embed.weight.detach()[rows])
+    assert torch.equal(sd["class_embed.bias"], tiny_model.class_embed.bias.detach()[rows])
     features = torch.randn(7, TINY.hidden_dim)
     full = tiny_model.class_embed(features)
     cut = torch.nn.functional.linear(features, sd["class_embed.weight"], sd["class_embed.bias"])
-    torch.testing.assert_close(cut, full[:, [4, 0, 2, 5]], rtol=0, atol=0)
+    # Bit-equal weights; the products may differ in the last bits since BLAS picks kernels by output width.
+    torch.testing.assert_close(cut, full[:, rows], rtol=0, atol=1e-5)
 
 
 def test_keep_ids_and_dataset(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
