@@ -38,8 +38,16 @@ from torch import nn
 from rfdetr.models.dinov2 import Embeddings
 
 __all__ = [
-    "EXPORT_FORMATS", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAMES", "ExportForward", "bake_position_embeddings",
-    "check_onnx_graph", "export_onnx", "read_metadata", "require_onnx",
+    "EXPORT_FORMATS",
+    "INPUT_NAME",
+    "MIN_OPSET",
+    "OUTPUT_NAMES",
+    "ExportForward",
+    "bake_position_embeddings",
+    "check_onnx_graph",
+    "export_onnx",
+    "read_metadata",
+    "require_onnx",
 ]
 
 logger = logging.getLogger(__name__)
@@ -189,7 +197,11 @@ def export_onnx(
         with warnings.catch_warnings():
             # The tracer warns about every Python-side shape computation; the graph is static by design.
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message=".*dynamo=False.*", category=DeprecationWarning)
+            # Deprecation notices of the TorchScript exporter, chosen on purpose (see below).
+            warnings.filterwarnings(
+                "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+            )
+            warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
             # The TorchScript exporter (dynamo=False): it traces this forward as is, needs nothing beyond onnx, and
             # emits only default-domain operators. The dynamo exporter needs onnxscript (not a dependency here) and
             # torch.export, which refuses the Python-side shape logic (int(shape), cached proposal grids) that the
@@ -221,8 +233,15 @@ def export_onnx(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    logger.info("exported %s (%s, opset %d, input [%s, 3, %d, %d])", path, ", ".join(output_names), opset,
-                "batch" if dynamic_batch else batch_size, resolution, resolution)
+    logger.info(
+        "exported %s (%s, opset %d, input [%s, 3, %d, %d])",
+        path,
+        ", ".join(output_names),
+        opset,
+        "batch" if dynamic_batch else batch_size,
+        resolution,
+        resolution,
+    )
     return path
 
 
@@ -231,8 +250,10 @@ def _simplify(proto: Any) -> Any:
     try:
         import onnxsim
     except ImportError:
-        logger.info("simplify=True: onnxsim is not installed (pip install onnxsim), keeping the exported graph, "
-                    "which the exporter already constant-folded")
+        logger.info(
+            "simplify=True: onnxsim is not installed (pip install onnxsim), keeping the exported graph, "
+            "which the exporter already constant-folded"
+        )
         return proto
     simplified, ok = onnxsim.simplify(proto)
     if not ok:

@@ -64,8 +64,9 @@ class OnnxModel:
         ValueError: the file is not an RF-DETR export (no ``input`` [B, 3, R, R] input).
     """
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None,
-                 providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[str] | None = None
+    ) -> None:
         ort = _require_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
@@ -74,13 +75,15 @@ class OnnxModel:
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path), options,
-                                            providers=list(providers or ["CPUExecutionProvider"]))
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
+        )
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME or len(inputs[0].shape) != 4:
             found = [(i.name, i.shape) for i in inputs]
-            raise ValueError(f"{self.path} is not an RF-DETR export: expected one input {INPUT_NAME!r} "
-                             f"[B, 3, R, R], found {found}")
+            raise ValueError(
+                f"{self.path} is not an RF-DETR export: expected one input {INPUT_NAME!r} [B, 3, R, R], found {found}"
+            )
         batch, _, height, width = inputs[0].shape
         self.batch_size: int | None = batch if isinstance(batch, int) else None
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -89,14 +92,16 @@ class OnnxModel:
         self.metadata = meta
         self.resolution = int(meta.get("resolution", height))
         if (height, width) != (self.resolution, self.resolution):
-            raise ValueError(f"{self.path}: input is {height}x{width} but the metadata says resolution "
-                             f"{self.resolution}")
+            raise ValueError(
+                f"{self.path}: input is {height}x{width} but the metadata says resolution {self.resolution}"
+            )
         self.mean: tuple[float, ...] = tuple(meta.get("mean", IMAGENET_MEAN))
         self.std: tuple[float, ...] = tuple(meta.get("std", IMAGENET_STD))
         num_logits = self.session.get_outputs()[1].shape[-1]
         names = meta.get("class_names")
-        self.class_names: list[str] = (list(names) if isinstance(names, list)
-                                       else [f"class_{i}" for i in range(int(num_logits))])
+        self.class_names: list[str] = (
+            list(names) if isinstance(names, list) else [f"class_{i}" for i in range(int(num_logits))]
+        )
         num_queries = self.session.get_outputs()[0].shape[1]
         self.postprocess = PostProcess(num_select=int(meta.get("num_select", num_queries)))
 
@@ -109,6 +114,7 @@ class OnnxModel:
         Returns:
             ``pred_boxes`` [N, Q, 4], ``pred_logits`` [N, Q, K] and, with masks, ``pred_masks`` [N, Q, R/4, R/4].
         """
+
         def session_run(chunk: torch.Tensor) -> list[torch.Tensor]:
             feed = {INPUT_NAME: np.ascontiguousarray(chunk.cpu().numpy(), dtype=np.float32)}
             return [torch.from_numpy(out) for out in self.session.run(self.output_names, feed)]
@@ -141,5 +147,7 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         batch = "dynamic" if self.batch_size is None else self.batch_size
-        return (f"OnnxModel({str(self.path)!r}, resolution={self.resolution}, classes={len(self.class_names)}, "
-                f"masks={self.masks}, batch={batch})")
+        return (
+            f"OnnxModel({str(self.path)!r}, resolution={self.resolution}, classes={len(self.class_names)}, "
+            f"masks={self.masks}, batch={batch})"
+        )
