@@ -116,7 +116,7 @@ def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1)
             "image_id": image_id,
             "category_id": int(detections.class_id[i]),
             "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-            "score": round(float(detections.confidence[i]), 5),
+            "score": float(detections.confidence[i]),
             "area": round((x1 - x0) * (y1 - y0), 2),
             "iscrowd": 0,
         }

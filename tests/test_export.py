@@ -14,11 +14,8 @@ onnx = pytest.importorskip("onnx", reason="ONNX export tests need onnx and onnxr
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime (pip install onnxruntime)")
 
 from rfdetr import export as export_cli  # noqa: E402
-from rfdetr.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
-from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, TINY_CONFIG  # noqa: E402
+from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rfdetr.detr import RFDETR, RFDETRTiny, load_model  # noqa: E402
-from rfdetr.models import build_model  # noqa: E402
-from rfdetr.models.mask_head import MaskHeadConfig, build_mask_head  # noqa: E402
 from rfdetr.models.segmenter import Segmenter  # noqa: E402
 from rfdetr.onnx_export import check_onnx_graph, export_onnx, read_metadata  # noqa: E402
 from rfdetr.onnx_model import OnnxModel  # noqa: E402
@@ -66,20 +63,6 @@ def segmenter() -> RFDETR:
     model = RFDETRTinySeg(pretrain_weights=False, num_classes=3, class_names=NAMES, device="cpu")
     _perturb(model.model, 2)
     return model
-
-
-@pytest.fixture(scope="module")
-def stage2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A stage-2 checkpoint: tiny detector + MaskHeadNano, as ``train_seg_stage2.py`` writes it."""
-    cfg = TINY_CONFIG.replace(num_classes=3, class_names=tuple(NAMES))
-    torch.manual_seed(0)
-    head_cfg = MaskHeadConfig("nano", cfg.hidden_dim, cfg.dec_layers)
-    model = Segmenter(build_model(cfg), build_mask_head(head_cfg))
-    _perturb(model, 3)
-    path = tmp_path_factory.mktemp("stage2") / "checkpoint_best_total.pth"
-    ckpt = make_checkpoint(model.checkpoint_state_dict(), cfg, NAMES, stage="seg_stage2", mask_head=head_cfg.to_dict())
-    save_checkpoint(ckpt, path)
-    return path
 
 
 def _image(height: int = 70, width: int = 90, seed: int = 0) -> np.ndarray:
@@ -168,14 +151,14 @@ def test_segmentation_export_matches_pytorch(segmenter: RFDETR, tmp_path: Path) 
 
 
 def test_stage2_export_cli_dynamic_batch(
-    stage2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_stage2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--weights", str(stage2_checkpoint), "--size", "tiny", "--output", str(tmp_path), "--dynamic_batch"]
+    argv = ["--weights", str(tiny_stage2_checkpoint), "--size", "tiny", "--output", str(tmp_path), "--dynamic_batch"]
     assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
     path = tmp_path / "inference_model.onnx"
     assert capsys.readouterr().out.strip().endswith(str(path))
     _assert_graph_portable(path)
-    model = load_model(stage2_checkpoint, "tiny", device="cpu")
+    model = load_model(tiny_stage2_checkpoint, "tiny", device="cpu")
     assert isinstance(model.model, Segmenter) and model.masks
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 3, RESOLUTION, RESOLUTION]
@@ -185,7 +168,7 @@ def test_stage2_export_cli_dynamic_batch(
     _assert_same_detections(model, onnx_model, [_image(), _image(40, 64, 1)])
 
     # --no_masks: the stage-2 checkpoint loads as its detector alone.
-    argv = ["--weights", str(stage2_checkpoint), "--size", "tiny", "--output", str(tmp_path / "det"), "--no_masks"]
+    argv = ["--weights", str(tiny_stage2_checkpoint), "--size", "tiny", "--output", str(tmp_path / "det"), "--no_masks"]
     assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
     det = ort.InferenceSession(str(tmp_path / "det" / "inference_model.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in det.get_outputs()] == ["dets", "labels"]
