@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -109,8 +110,10 @@ def time_upstream(python: str, size: str, resolution: int, batch: int, iters: in
     """Per-iteration forward times (ms) of upstream rfdetr, run under ``python``."""
     cfg = {"upstream_name": get_preset(size).upstream_name, "resolution": resolution, "batch": batch,
            "iters": iters, "warmup": warmup, "threads": threads}
+    # cwd "/" and no PYTHONPATH, so that our own rfdetr/ folder cannot shadow upstream's.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([python, "-c", _UPSTREAM_SCRIPT, json.dumps(cfg)], capture_output=True, text=True,
-                          cwd="/", timeout=1800)  # cwd "/" so that our own rfdetr/ folder cannot shadow upstream's
+                          cwd="/", env=env, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"upstream benchmark failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])["times"]

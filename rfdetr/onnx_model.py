@@ -5,8 +5,8 @@
     detections = model.predict("image.jpg", threshold=0.5)
 
 Pre-processing (resize, normalisation) and post-processing (top-``num_select`` over queries x classes, boxes and masks
-at the original size, ``score > threshold``) are :class:`rfdetr.detr.RFDETR`'s own functions; only the network runs in
-onnxruntime. Resolution, mean / std, class names and ``num_select`` come from the file's metadata
+at the original size, ``score > threshold``) are predict()'s own functions (:mod:`rfdetr.inference`); only the
+network runs in onnxruntime. Resolution, mean / std, class names and ``num_select`` come from the file's metadata
 (:mod:`rfdetr.onnx_export`).
 """
 
@@ -22,7 +22,7 @@ import torch
 
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD
 from rfdetr.detections import Detections
-from rfdetr.detr import (
+from rfdetr.inference import (
     ImageInput,
     export_outputs_to_dict,
     load_images,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -225,3 +227,20 @@ def test_export_errors(
     with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
         detector.export(tmp_path)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_simplify_uses_onnxsim_when_installed(
+    detector: RFDETR, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    def simplify(proto: object) -> tuple[object, bool]:
+        calls.append(proto)
+        return proto, True
+
+    monkeypatch.setitem(sys.modules, "onnxsim", types.SimpleNamespace(simplify=simplify))
+    assert detector.export(tmp_path / "a", simplify=True).is_file() and len(calls) == 1
+    monkeypatch.setitem(sys.modules, "onnxsim", None)  # not installed: logged, the exported graph is kept
+    with caplog.at_level(logging.INFO, logger="rfdetr.onnx_export"):
+        assert detector.export(tmp_path / "b", simplify=True).is_file()
+    assert "onnxsim is not installed" in caplog.text
