@@ -12,6 +12,7 @@ masks) at the original image size, then ``score > threshold``.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import warnings
@@ -19,12 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from rfdetr import __version__ as rfdetr_version
 from rfdetr.checkpoint import (
     CLASS_BIAS_KEY,
     CheckpointError,
@@ -35,12 +34,22 @@ from rfdetr.checkpoint import (
     load_checkpoint_file,
     load_into,
 )
-from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, ModelConfig, get_preset
+from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFIG, ModelConfig, get_preset
 from rfdetr.data.coco_classes import COCO_CLASSES
 from rfdetr.detections import Detections
+from rfdetr.inference import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
+    ImageInput,
+    _to_chw01,
+    export_outputs_to_dict,
+    load_images,
+    preprocess,
+    run_in_fixed_batches,
+    to_detections,
+)
 from rfdetr.models import PostProcess, build_model
 from rfdetr.models.mask_head import MaskHeadConfig, build_mask_head
 from rfdetr.models.segmenter import Segmenter
+from rfdetr.onnx_export import EXPORT_FORMATS, ExportForward, export_onnx
 from rfdetr.weights import PRESET_WEIGHTS, resolve_weights
 
 __all__ = [
@@ -51,22 +60,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
-
 # COCO's 91 label slots indexed by category id (the official checkpoints' logit index), "N/A" where COCO has none.
 COCO_CLASS_NAMES: tuple[str, ...] = COCO_CLASSES
 _COCO_80 = [name for name in COCO_CLASS_NAMES if name != "N/A"]
-
-
-class _ExportForward(nn.Module):
-    """Wraps the detector's single-group export graph so that it can be traced: pixels -> (boxes, logits[, masks])."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.model.forward_export(pixels)
 
 
 class RFDETR:
@@ -235,67 +231,28 @@ class RFDETR:
         Raises:
             ValueError: an input has the wrong type, channel count or value range, or cannot be read.
         """
-        batched = isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.ndim == 4)
-        items: Sequence[ImageInput] = list(images) if batched else [images]  # type: ignore[arg-type]
-        if len(items) == 0:
+        tensors, batched = load_images(images)
+        if len(tensors) == 0:
             return []
-        tensors = [_to_chw01(image, i if batched else None) for i, image in enumerate(items)]
         sizes = torch.tensor([t.shape[-2:] for t in tensors], device=self.device)  # [B, 2] (H, W)
-        pixels = torch.cat([self._preprocess(t) for t in tensors])  # [B, 3, R, R]
+        pixels = torch.cat([preprocess(t, self.resolution, self.device) for t in tensors])  # [B, 3, R, R]
         with torch.inference_mode():
             outputs = self._forward(pixels)
             with_masks = self.masks and "pred_masks" in outputs
             if not with_masks:
                 outputs.pop("pred_masks", None)
             results = self.postprocess(outputs, sizes, score_threshold=threshold)
-        detections = [self._to_detections(r, threshold) for r in results]
+        detections = [to_detections(r, threshold, self.class_names) for r in results]
         return detections if batched else detections[0]
-
-    def _preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """[3, H, W] in [0, 1] -> [1, 3, R, R] normalised (1.11.2: resize without antialias, then normalise)."""
-        size = (self.resolution, self.resolution)
-        x = F.interpolate(image[None].to(self.device), size=size, mode="bilinear", align_corners=False, antialias=False)
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        return (x - mean) / std
 
     def _forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Final-layer outputs: ``pred_logits``, ``pred_boxes`` [, ``pred_masks``], in float32."""
         if self._optimized is None:
             out = self.model(pixels)
             return {k: out[k] for k in ("pred_logits", "pred_boxes", "pred_masks") if k in out}
-        # The traced graph has a fixed batch size: run full chunks, padding the last one with its final image.
-        step = self._optimized_batch
-        chunks: list[tuple[torch.Tensor, ...]] = []
-        for start in range(0, len(pixels), step):
-            chunk = pixels[start : start + step]
-            pad = step - len(chunk)
-            if pad:
-                chunk = torch.cat([chunk, chunk[-1:].expand(pad, -1, -1, -1)])
-            result = self._optimized(chunk.to(self._optimized_dtype))
-            chunks.append(tuple(t[: step - pad].float() for t in result))
-        merged = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
-        out = {"pred_boxes": merged[0], "pred_logits": merged[1]}
-        if len(merged) > 2:
-            out["pred_masks"] = merged[2]
-        return out
-
-    def _to_detections(self, result: dict[str, torch.Tensor], threshold: float) -> Detections:
-        keep = result["scores"] > threshold
-        labels = result["labels"][keep].cpu().numpy()
-        mask = None
-        if "masks" in result:
-            mask = result["masks"][keep][:, 0].cpu().numpy()  # [n, 1, H, W] -> [n, H, W]
-        return Detections(
-            xyxy=result["boxes"][keep].float().cpu().numpy(),
-            confidence=result["scores"][keep].float().cpu().numpy(),
-            class_id=labels,
-            class_name=[self._name(int(i)) for i in labels],
-            mask=mask,
-        )
-
-    def _name(self, class_id: int) -> str:
-        return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else f"class_{class_id}"
+        optimized, dtype = self._optimized, self._optimized_dtype
+        merged = run_in_fixed_batches(lambda chunk: optimized(chunk.to(dtype)), pixels, self._optimized_batch)
+        return export_outputs_to_dict(merged)
 
     # ------------------------------------------------------------------------------------------------ optimisation
 
@@ -321,7 +278,7 @@ class RFDETR:
             raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        module: nn.Module = _ExportForward(copy.deepcopy(self.model)).eval().to(dtype)
+        module: nn.Module = ExportForward(copy.deepcopy(self.model), self.masks).eval().to(dtype)
         for param in module.parameters():
             param.requires_grad_(False)
         if compile:
@@ -339,6 +296,61 @@ class RFDETR:
         self._optimized = None
         self._optimized_dtype = torch.float32
         self._optimized_batch = 1
+
+    # ------------------------------------------------------------------------------------------------------ export
+
+    def export(
+        self,
+        output_dir: str | os.PathLike[str] = "output",
+        format: str = "onnx",
+        opset: int = 17,
+        batch_size: int = 1,
+        dynamic_batch: bool = False,
+        simplify: bool = False,
+        file_name: str = "inference_model.onnx",
+    ) -> Path:
+        """Export the model for deployment (see :mod:`rfdetr.onnx_export` for the graph and its metadata).
+
+        The file takes ``input`` [B, 3, R, R] (R = :attr:`resolution`; RGB in [0, 1], bilinearly resized without
+        antialias, then normalised with the ImageNet mean / std stored in the metadata) and gives ``dets``
+        [B, Q, 4] normalised cxcywh, ``labels`` [B, Q, K] logits and, when :attr:`masks` is on, ``masks``
+        [B, Q, R/4, R/4] logits. Run it with :class:`rfdetr.onnx_model.OnnxModel`, whose ``predict`` returns the
+        same :class:`Detections` as :meth:`predict`.
+
+        Args:
+            output_dir: folder of the file (created).
+            format: ``"onnx"`` (the only format so far).
+            opset: ONNX opset, 16..20.
+            batch_size: the static batch size of the file (the traced batch with ``dynamic_batch``).
+            dynamic_batch: symbolic batch dimension instead of ``batch_size``.
+            simplify: run onnxsim when installed (logged no-op otherwise).
+            file_name: name of the written file.
+
+        Returns:
+            The path of the written file.
+
+        Raises:
+            ValueError: unknown format or bad argument.
+            ImportError: onnx is not installed (``pip install onnx onnxruntime``).
+        """
+        if format not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {format!r}; supported: {', '.join(EXPORT_FORMATS)}")
+        metadata = {
+            "producer": f"rt-detr-seg {rfdetr_version}",
+            "model_name": type(self).__name__,
+            "class_names": json.dumps(self.class_names),
+            "resolution": str(self.resolution),
+            "mean": json.dumps(list(IMAGENET_MEAN)),
+            "std": json.dumps(list(IMAGENET_STD)),
+            "num_select": str(self.postprocess.num_select),
+            "masks": json.dumps(bool(self.masks)),
+            "preprocessing": "RGB / 255, bilinear resize to resolution x resolution without antialias, "
+                             "(x - mean) / std, NCHW float32",
+        }
+        return export_onnx(
+            self.model, Path(output_dir) / file_name, self.resolution, batch_size=batch_size,
+            dynamic_batch=dynamic_batch, opset=opset, with_masks=self.masks, metadata=metadata, simplify=simplify,
+        )
 
     def __repr__(self) -> str:
         cfg = self.model_config
@@ -406,43 +418,6 @@ def _class_names(num_logits: int, explicit: Sequence[str] | None, from_ckpt: Seq
     return [f"class_{i}" for i in range(num_logits)]
 
 
-def _to_chw01(image: ImageInput, index: int | None) -> torch.Tensor:
-    """Any supported image -> float32 tensor [3, H, W] in [0, 1] (on its original device)."""
-    where = "image" if index is None else f"image {index}"
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(Path(image)) as pil:
-                image = pil.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise ValueError(f"{where}: cannot read image file {os.fspath(image)!r}: {err}") from None
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"{where}: expected an RGB numpy array [H, W, 3], got shape {image.shape}")
-        if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
-            raise ValueError(f"{where}: numpy images must be uint8 or float in [0, 1], got dtype {image.dtype}")
-        # PIL hands out read-only arrays, which torch.from_numpy warns about; copy those.
-        image = torch.from_numpy(np.ascontiguousarray(image) if image.flags.writeable else image.copy())
-        image = image.permute(2, 0, 1)
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"{where}: expected a tensor [3, H, W], got shape {tuple(image.shape)}")
-        if image.dtype == torch.uint8:
-            return image.float() / 255.0
-        if not image.is_floating_point():
-            raise ValueError(f"{where}: tensors must be float in [0, 1] (or uint8), got dtype {image.dtype}")
-        if image.numel() and (image.min() < 0 or image.max() > 1):
-            raise ValueError(
-                f"{where}: float pixel values must be in [0, 1], got range "
-                f"[{float(image.min()):.3g}, {float(image.max()):.3g}]; divide uint8 data by 255"
-            )
-        return image.float()
-    raise ValueError(
-        f"{where}: unsupported type {type(image).__name__}; pass a path, PIL image, numpy array or torch tensor"
-    )
-
-
 def _preset_class(key: str) -> type[RFDETR]:
     """The subclass of :class:`RFDETR` for one preset, named after rfdetr's class (``RFDETRNano`` ...)."""
     cfg = MODEL_PRESETS[key]
@@ -475,3 +450,43 @@ PRESET_CLASSES: dict[str, type[RFDETR]] = {
     )
     if cls.size is not None
 }
+
+
+# The ~1M-parameter CPU test / demo configuration (``--size tiny``); no official weights exist for it, so it is not
+# one of the rfdetr presets above and ``from_checkpoint`` never picks it.
+RFDETRTiny: type[RFDETR] = type(
+    "RFDETRTiny", (RFDETR,),
+    {"size": TINY_CONFIG.name, "__module__": __name__,
+     "__doc__": "The tiny CPU test configuration (not an rfdetr preset; never loads official weights)."},
+)
+
+
+def model_class(size: str) -> type[RFDETR]:
+    """The :class:`RFDETR` subclass of a preset key (``nano``, ``seg-nano`` ..., or ``tiny``).
+
+    Raises:
+        ValueError: unknown key; the message lists the valid ones.
+    """
+    if size == TINY_CONFIG.name:
+        return RFDETRTiny
+    if size not in PRESET_CLASSES:
+        raise ValueError(f"unknown model size {size!r}; choose auto, {', '.join(PRESET_CLASSES)} or tiny")
+    return PRESET_CLASSES[size]
+
+
+def load_model(weights: str | os.PathLike[str], size: str = "auto", **kwargs: Any) -> RFDETR:
+    """A model from a checkpoint file, for the command-line tools.
+
+    Args:
+        weights: checkpoint path (ours, rfdetr's, or a stage-2 checkpoint) or an official weight name.
+        size: ``auto`` infers the preset from the tensors (:meth:`RFDETR.from_checkpoint`); otherwise a preset key
+            of :func:`model_class` (``tiny`` must be named: it matches no rfdetr preset).
+        **kwargs: constructor arguments (``resolution``, ``device``, ``masks`` ...).
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist.
+        CheckpointError: the file cannot be loaded into the model.
+    """
+    if size == "auto":
+        return RFDETR.from_checkpoint(weights, **kwargs)
+    return model_class(size)(pretrain_weights=weights, **kwargs)

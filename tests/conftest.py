@@ -30,3 +30,30 @@ def strawberry_dir() -> Path:
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default synthetic dataset (train 24 / valid 8 / test 4 images), written once per session. Read-only."""
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), SyntheticSpec())
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stage-2 checkpoint as ``train_seg_stage2.py`` writes it: the tiny detector (3 classes) + MaskHeadNano, with
+    random non-trivial weights (the zero-initialised box delta and mask bias perturbed). Load with ``--size tiny``."""
+    import torch
+
+    from rfdetr.checkpoint import make_checkpoint, save_checkpoint
+    from rfdetr.config import TINY_CONFIG
+    from rfdetr.models import build_model
+    from rfdetr.models.mask_head import MaskHeadConfig, build_mask_head
+    from rfdetr.models.segmenter import Segmenter
+
+    names = ["circle", "square", "triangle"]
+    cfg = TINY_CONFIG.replace(num_classes=3, class_names=tuple(names))
+    torch.manual_seed(0)
+    head_cfg = MaskHeadConfig("nano", cfg.hidden_dim, cfg.dec_layers)
+    model = Segmenter(build_model(cfg), build_mask_head(head_cfg))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    path = tmp_path_factory.mktemp("stage2") / "checkpoint_best_total.pth"
+    ckpt = make_checkpoint(model.checkpoint_state_dict(), cfg, names, stage="seg_stage2", mask_head=head_cfg.to_dict())
+    save_checkpoint(ckpt, path)
+    return path

@@ -45,13 +45,15 @@ class LayerNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
+        # A Python int, not x.shape[-1]: a traced shape would make the ONNX export with a dynamic batch fail.
+        self.num_channels = num_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x [B, C, H, W]. Returns: [B, C, H, W] normalised over C at every pixel."""
         # F.layer_norm normalises trailing dims, so go through NHWC; the permutes are views and the result is
         # returned as an NCHW view, which every consumer here (convs, flatten) accepts.
         x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        x = F.layer_norm(x, (self.num_channels,), self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:

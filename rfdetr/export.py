@@ -1,0 +1,88 @@
+"""Export a checkpoint for deployment: ``python -m rfdetr.export --weights W [--format onnx]``.
+
+    python -m rfdetr.export --weights runs/segmentation_nano_384_1/checkpoint_best_total.pth
+    python -m rfdetr.export --weights rf-detr-seg-nano.pt --output exported/ --dynamic_batch
+
+Writes ``inference_model.onnx`` (default: next to the weights) and prints its path. The graph, its inputs, outputs
+and metadata are described in :mod:`rfdetr.onnx_export`; run it with :class:`rfdetr.onnx_model.OnnxModel` or
+``python -m rfdetr.predict --weights inference_model.onnx``. Exit code 2 with a one-line message for a bad weights
+path, an unknown format or a missing onnx package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rfdetr.onnx_export import EXPORT_FORMATS, MAX_OPSET, MIN_OPSET
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint (ours, rfdetr's, stage 2) or an official weight name (rf-detr-nano.pth ...)",
+    )
+    parser.add_argument("--format", default="onnx", help=f"export format: {', '.join(EXPORT_FORMATS)}")
+    parser.add_argument("--output", default=None, help="output folder (default: the folder of --weights)")
+    parser.add_argument(
+        "--size", default="auto", help="model preset; 'auto' infers it from the checkpoint ('tiny' must be named)"
+    )
+    parser.add_argument("--resolution", type=int, default=None, help="square input side (default: the model's)")
+    parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=1, help="static batch size of the file")
+    parser.add_argument("--dynamic_batch", "--dynamic-batch", action="store_true", help="symbolic batch dimension")
+    parser.add_argument("--simplify", action="store_true", help="run onnxsim when it is installed")
+    parser.add_argument(
+        "--no_masks",
+        "--no-masks",
+        action="store_true",
+        help="export boxes and logits only, even for a segmentation / stage-2 model",
+    )
+    return parser
+
+
+def run_export(args: argparse.Namespace) -> Path:
+    """Load ``args.weights`` and export it; returns the written file.
+
+    Raises:
+        ValueError: unknown format or size, bad resolution / opset / batch size.
+        FileNotFoundError: the weights do not exist.
+        ImportError: onnx is not installed.
+    """
+    from rfdetr.detr import load_model
+
+    if args.format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown --format {args.format!r}; supported: {', '.join(EXPORT_FORMATS)}")
+    kwargs = {"device": "cpu", "resolution": args.resolution, "masks": False if args.no_masks else None}
+    model = load_model(args.weights, args.size, **kwargs)
+    output = Path(args.output) if args.output else Path(args.weights).resolve().parent
+    return model.export(
+        output,
+        format=args.format,
+        opset=args.opset,
+        batch_size=args.batch_size,
+        dynamic_batch=args.dynamic_batch,
+        simplify=args.simplify,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from rfdetr.checkpoint import CheckpointError
+    from rfdetr.cli import setup_logging
+    from rfdetr.weights import WeightsDownloadError
+
+    setup_logging()
+    try:
+        path = run_export(args)
+    except (FileNotFoundError, ValueError, ImportError, CheckpointError, WeightsDownloadError) as err:
+        print(f"rfdetr.export: error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
