@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rfdetr.losses.mask_logits import SparseMaskLogits
+
 
 class DepthwiseConvBlock(nn.Module):
     """ConvNeXt block without its MLP: dw3x3 -> LayerNorm (eps 1e-6) -> Linear -> GELU, plus the input."""
@@ -142,3 +144,33 @@ class SegmentationHead(nn.Module):
         """
         pixel_embed = self.spatial_features_proj(self.resize(spatial_features, image_size))
         return self.masks(pixel_embed, self.project_queries(query_features))
+
+    def forward_sparse(
+        self, spatial_features: torch.Tensor, query_features: Sequence[torch.Tensor], image_size: tuple[int, int]
+    ) -> list[SparseMaskLogits]:
+        """Factorised mask logits of every decoder layer (training; rfdetr's ``sparse_forward``).
+
+        The same function as :meth:`forward`, but the dense [B, N, H/ratio, W/ratio] logits are never built: the
+        loss reads them at a few points per matched query (:class:`rfdetr.losses.mask_logits.SparseMaskLogits`).
+
+        Args:
+            spatial_features: [B, D, h, w] projector map.
+            query_features: L tensors [B, N, D], decoder layer l paired with block l.
+            image_size: (H, W) of the network input.
+
+        Returns:
+            L :class:`SparseMaskLogits` with spatial features [B, D, H/ratio, W/ratio] and query features [B, N, D].
+        """
+        if len(query_features) > len(self.blocks):
+            raise ValueError(f"got {len(query_features)} query sets for {len(self.blocks)} blocks")
+        maps = self.spatial_maps(spatial_features, image_size)
+        return [SparseMaskLogits(m, self.project_queries(q), self.bias)
+                for m, q in zip(maps, query_features, strict=False)]
+
+    def forward_encoder_sparse(
+        self, spatial_features: torch.Tensor, query_features: torch.Tensor, image_size: tuple[int, int]
+    ) -> SparseMaskLogits:
+        """:meth:`forward_encoder`, factorised (training): spatial features [B, D, H/ratio, W/ratio], queries
+        [B, N, D]."""
+        pixel_embed = self.spatial_features_proj(self.resize(spatial_features, image_size))
+        return SparseMaskLogits(pixel_embed, self.project_queries(query_features), self.bias)
