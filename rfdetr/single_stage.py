@@ -116,9 +116,11 @@ class SingleStageModel:
         """The :class:`TrainingJob` fields that differ between the two kinds (checkpoint layout)."""
         if self.head_cfg is None:
             return {}
-        return {"state_dict": lambda m: m.checkpoint_state_dict(),
-                "load_state_dict": lambda m, s: m.load_checkpoint_state_dict(s),
-                "checkpoint_extra": {"mask_head": self.head_cfg.to_dict()}}
+        return {
+            "state_dict": lambda m: m.checkpoint_state_dict(),
+            "load_state_dict": lambda m, s: m.load_checkpoint_state_dict(s),
+            "checkpoint_extra": {"mask_head": self.head_cfg.to_dict()},
+        }
 
 
 def build_seg_preset_model(cfg: ModelConfig, pretrained: str | None, exclude: list[str]) -> SingleStageModel:
@@ -138,8 +140,9 @@ def build_seg_preset_model(cfg: ModelConfig, pretrained: str | None, exclude: li
     return SingleStageModel(model, None, source)
 
 
-def build_detector_segmenter(cfg: ModelConfig, size: str, mask_head: str, pretrained: str | None,
-                             exclude: list[str], resume: str | None) -> SingleStageModel:
+def build_detector_segmenter(
+    cfg: ModelConfig, size: str, mask_head: str, pretrained: str | None, exclude: list[str], resume: str | None
+) -> SingleStageModel:
     """A detection preset plus a mask head, both trainable.
 
     The detector loads ``pretrained`` (a detection checkpoint; a stage-2 or single-stage checkpoint's mask head of the
@@ -171,8 +174,9 @@ def build_detector_segmenter(cfg: ModelConfig, size: str, mask_head: str, pretra
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: OptimConfig, loss_cfg: LossConfig,
-              dist_info: DistInfo) -> tuple[TrainingJob, SingleStageModel]:
+def build_job(
+    args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: OptimConfig, loss_cfg: LossConfig, dist_info: DistInfo
+) -> tuple[TrainingJob, SingleStageModel]:
     """Everything :func:`rfdetr.training.fit` needs, from the parsed flags of ``train_seg_single_stage.py``.
 
     Raises:
@@ -186,33 +190,61 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
     exclude = parse_exclude(args.pretrain_exclude_keys) + ["_kp_active_mask"]
     if cfg.segmentation_head:
         if args.mask_head != "auto":
-            raise SingleStageError(f"--mask_head {args.mask_head}: --size {args.size} is a segmentation preset and "
-                                   "trains its own rfdetr segmentation head; drop --mask_head (it is for detection "
-                                   "sizes such as --size nano)")
+            raise SingleStageError(
+                f"--mask_head {args.mask_head}: --size {args.size} is a segmentation preset and "
+                "trains its own rfdetr segmentation head; drop --mask_head (it is for detection "
+                "sizes such as --size nano)"
+            )
         built = build_seg_preset_model(cfg, pretrained, exclude)
     else:
         built = build_detector_segmenter(cfg, args.size, args.mask_head, pretrained, exclude, train_cfg.resume)
     counts = parameter_counts(built.model)
-    logger.info("%s: %s trainable parameters (%s)", args.size, f"{counts['trainable']:,}",
-                "rfdetr segmentation head" if built.head_cfg is None else f"{built.head_cfg.kind} mask head")
+    logger.info(
+        "%s: %s trainable parameters (%s)",
+        args.size,
+        f"{counts['trainable']:,}",
+        "rfdetr segmentation head" if built.head_cfg is None else f"{built.head_cfg.kind} mask head",
+    )
 
     train, valid, test = build_datasets(root, cfg, train_cfg, masks=True)
     if len(train) == 0:
-        raise SingleStageError(f"{train.annotation_file}: no image has an instance mask (polygon or RLE): "
-                               "segmentation training needs them; check with validate_setup.py --stage 2")
-    scales = (multi_scale_sizes(cfg.resolution, cfg.input_divisor, train_cfg.expanded_scales)
-              if train_cfg.multi_scale and not train_cfg.do_random_resize_via_padding else [])
+        raise SingleStageError(
+            f"{train.annotation_file}: no image has an instance mask (polygon or RLE): "
+            "segmentation training needs them; check with validate_setup.py --stage 2"
+        )
+    scales = (
+        multi_scale_sizes(cfg.resolution, cfg.input_divisor, train_cfg.expanded_scales)
+        if train_cfg.multi_scale and not train_cfg.do_random_resize_via_padding
+        else []
+    )
     head = built.head_cfg.to_dict() if built.head_cfg is not None else None
     job = TrainingJob(
-        stage=STAGE, model=built.model, model_cfg=cfg, class_names=list(cfg.class_names),
+        stage=STAGE,
+        model=built.model,
+        model_cfg=cfg,
+        class_names=list(cfg.class_names),
         criterion=build_criterion_for(cfg, loss_cfg, segmentation=True),
-        postprocess=PostProcess(train_cfg.eval_num_select), train_set=train, val_set=valid, test_set=test,
-        param_groups=detector_param_groups(cfg, optim_cfg, train_cfg.freeze_encoder), iou_type="segm",
+        postprocess=PostProcess(train_cfg.eval_num_select),
+        train_set=train,
+        val_set=valid,
+        test_set=test,
+        param_groups=detector_param_groups(cfg, optim_cfg, train_cfg.freeze_encoder),
+        iou_type="segm",
         run_prefix=f"{STAGE}_{args.size}_{cfg.resolution}",
-        config=to_jsonable({"args": vars(args), "pretrained": str(built.source) if built.source else None,
-                            "model": cfg.to_dict(), "mask_head": head, "parameters": counts, "train": train_cfg,
-                            "optim": optim_cfg, "loss": loss_cfg, "train_scales": scales,
-                            "world_size": dist_info.world_size}),
+        config=to_jsonable(
+            {
+                "args": vars(args),
+                "pretrained": str(built.source) if built.source else None,
+                "model": cfg.to_dict(),
+                "mask_head": head,
+                "parameters": counts,
+                "train": train_cfg,
+                "optim": optim_cfg,
+                "loss": loss_cfg,
+                "train_scales": scales,
+                "world_size": dist_info.world_size,
+            }
+        ),
         **built.job_fields(),
     )
     return job, built
