@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
 
 import train_seg_single_stage
 from rfdetr.checkpoint import load_checkpoint_file, make_checkpoint
@@ -21,13 +24,14 @@ from rfdetr.config import TINY_SEG_CONFIG, get_preset
 from rfdetr.data.coco import CocoDetection, collate_fn
 from rfdetr.data.synthetic import SyntheticSpec, write_synthetic_dataset
 from rfdetr.data.transforms import eval_transforms
+from rfdetr.engine import StepSettings, train_one_epoch
 from rfdetr.losses.mask_logits import SparseMaskLogits
 from rfdetr.models import build_model
 from rfdetr.models.mask_head import MaskHeadConfig, build_mask_head
 from rfdetr.models.segmenter import Segmenter
 from rfdetr.single_stage import pretrained_name, single_stage_sizes
-from rfdetr.stage1 import build_criterion_for
-from rfdetr.train_config import SEGMENTATION_LOSS
+from rfdetr.stage1 import build_criterion_for, detector_param_groups
+from rfdetr.train_config import SEGMENTATION_LOSS, OptimConfig
 from rfdetr.util.loggers import read_jsonl
 
 FAST = [
@@ -273,3 +277,43 @@ def test_sparse_training_masks_give_the_dense_losses(tmp_path: Path) -> None:
     assert set(sparse) == set(dense) and {"loss_mask_ce_enc", "loss_mask_dice_0", "loss_ce_enc"} <= set(sparse)
     for key, value in dense.items():
         torch.testing.assert_close(sparse[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _ddp_worker(rank: int, init_file: str, root: str, out: str) -> None:
+    """One seg-tiny single-stage epoch under DDP (gloo): rank r trains on its own images; saves its weights."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        cfg = TINY_SEG_CONFIG.replace(num_classes=3)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        groups = detector_param_groups(cfg, OptimConfig(lr=1e-3, lr_encoder=1e-3))(model)
+        optimizer = torch.optim.AdamW(groups)
+        data = CocoDetection(root, "train", masks=True, transforms=eval_transforms(cfg.resolution))
+        batches = [collate_fn([data[2 * step + rank]]) for step in range(2)]
+        torch.manual_seed(1 + rank)  # different mask points per rank, as in a real run
+        ddp = nn.parallel.DistributedDataParallel(model)
+        criterion = build_criterion_for(cfg, SEGMENTATION_LOSS, segmentation=True)
+        train_one_epoch(
+            ddp, criterion, batches, optimizer, None, torch.device("cpu"), 0, StepSettings(), progress=False
+        )
+        torch.save(model.state_dict(), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stay_identical(four_images: Path, tmp_path: Path) -> None:
+    """Every parameter of the segmentation model gets a gradient each step (plain DDP, no unused-parameter search),
+    so the two ranks' weights stay bit-identical while they train on different images."""
+    out = tmp_path / "ddp"
+    mp.start_processes(
+        _ddp_worker, args=(str(tmp_path / "init"), str(four_images), str(out)), nprocs=2, start_method="spawn"
+    )
+    a, b = (torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1))
+    torch.manual_seed(0)
+    initial = build_model(TINY_SEG_CONFIG.replace(num_classes=3)).state_dict()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+    assert not torch.equal(a["segmentation_head.bias"], initial["segmentation_head.bias"])
+    assert not torch.equal(a["class_embed.weight"], initial["class_embed.weight"])
