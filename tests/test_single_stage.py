@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -24,6 +25,7 @@ from rfdetr.config import TINY_SEG_CONFIG, get_preset
 from rfdetr.data.coco import CocoDetection, collate_fn
 from rfdetr.data.synthetic import SyntheticSpec, write_synthetic_dataset
 from rfdetr.data.transforms import eval_transforms
+from rfdetr.detr import RFDETR
 from rfdetr.engine import StepSettings, train_one_epoch
 from rfdetr.losses.mask_logits import SparseMaskLogits
 from rfdetr.models import build_model
@@ -133,6 +135,20 @@ def test_run_folder_and_checkpoints(overfit: tuple[Path, float]) -> None:
     model.load_state_dict(best["model"], strict=True)
     assert any(k.startswith("segmentation_head.blocks.") for k in best["model"])
     assert run_dir.joinpath("results.json").is_file()
+
+
+class RFDETRSegTiny(RFDETR):
+    """The user API on the seg-tiny test config (no official weights exist for it)."""
+
+    size = "seg-tiny"
+
+
+def test_predicts_masks_through_the_user_api(overfit: tuple[Path, float], four_images: Path) -> None:
+    model = RFDETRSegTiny(pretrain_weights=overfit[0] / "checkpoint_best_total.pth")
+    assert model.masks and model.class_names == NAMES
+    image = np.asarray(CocoDetection(four_images, "valid").load_sample(0)[0].permute(1, 2, 0))
+    det = model.predict(image, threshold=0.5)
+    assert len(det) >= 1 and det.mask.shape == (len(det), 64, 64) and det.mask.any(axis=(1, 2)).all()
 
 
 def test_resume_equals_uninterrupted(four_images: Path, tmp_path: Path) -> None:

@@ -117,8 +117,8 @@ class SetCriterion(nn.Module):
         """``loss_mask_ce`` and ``loss_mask_dice`` on the matched queries' masks only, at PointRend-sampled points.
 
         Only the M matched masks are ever built ([M, Hm, Wm], never the dense [B, N, Hm, Wm] logits), then read at
-        ``max(Hm, Hm*Wm // ratio)`` points each. Predictions are sampled bilinearly; targets with nearest, in the same normalised
-        frame, so predicted and target masks may have different resolutions.
+        ``max(Hm, Hm*Wm // ratio)`` points each. Predictions are sampled bilinearly; targets with nearest, in the same
+        normalised frame, so predicted and target masks may have different resolutions.
         """
         if "pred_masks" not in outputs:
             raise KeyError("the 'masks' loss needs outputs['pred_masks'] in every output set")
