@@ -92,7 +92,7 @@ class SparseMaskLogits:
     Attributes:
         spatial_features: [B, C, Hm, Wm] per-pixel mask embeddings.
         query_features: [B, Q, C] per-query mask embeddings.
-        bias: scalar or [1] learned offset.
+        bias: a scalar / [1] offset shared by every mask, or one per mask [B, Q].
     """
 
     spatial_features: torch.Tensor
@@ -112,8 +112,14 @@ class SparseMaskLogits:
             sel = (batch_idx == b).nonzero(as_tuple=True)[0]
             pixels = self.spatial_features[b].flatten(1)  # [C, Hm*Wm]
             masks = self.query_features[b, query_idx[sel]] @ pixels  # [M_b, Hm*Wm]
-            out[sel] = masks.view(len(sel), height, width) + self.bias
+            out[sel] = masks.view(len(sel), height, width) + self._bias(b, query_idx[sel])
         return out
+
+    def _bias(self, b: int, query_idx: torch.Tensor) -> torch.Tensor:
+        """The offsets of image ``b``'s queries ``query_idx``, broadcastable to [M_b, Hm, Wm]."""
+        if self.bias.dim() < 2:
+            return self.bias
+        return self.bias[b, query_idx][:, None, None]
 
     def at_points(self, batch_idx: torch.Tensor, query_idx: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Logits of the selected masks at their own points [M, P, 2] -> [M, P]."""
@@ -122,7 +128,8 @@ class SparseMaskLogits:
     def at_shared_points(self, points: torch.Tensor) -> torch.Tensor:
         batch = self.spatial_features.shape[0]
         feats = point_sample(self.spatial_features, points.unsqueeze(0).expand(batch, -1, -1))  # [B, C, P]
-        return torch.bmm(self.query_features, feats) + self.bias  # [B, Q, P]
+        bias = self.bias.unsqueeze(-1) if self.bias.dim() >= 2 else self.bias
+        return torch.bmm(self.query_features, feats) + bias  # [B, Q, P]
 
 
 def as_mask_logits(pred_masks: torch.Tensor | Mapping[str, torch.Tensor] | MaskLogits) -> MaskLogits:
