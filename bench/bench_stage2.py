@@ -34,51 +34,9 @@ import time
 from pathlib import Path
 
 import torch
+from upstream_step import time_upstream_step
 
 REPO = Path(__file__).resolve().parents[1]
-
-# Runs under the upstream interpreter (the packages share the name ``rfdetr``; cwd "/" so ours cannot shadow it).
-_UPSTREAM_SCRIPT = r"""
-import json, os, sys, threading, time, warnings
-warnings.filterwarnings("ignore")
-import logging; logging.disable(logging.WARNING)
-import torch
-import rfdetr
-from rfdetr.config import SegmentationTrainConfig
-from rfdetr.models.lwdetr import build_criterion_from_config
-cfg = json.loads(sys.argv[1])
-torch.set_num_threads(cfg["threads"])
-torch.manual_seed(0)
-wrapper = rfdetr.RFDETRSegNano(pretrain_weights=None)
-net = wrapper.model.model.train()
-train_config = SegmentationTrainConfig(dataset_dir=".", output_dir=".")
-criterion, _ = build_criterion_from_config(wrapper.model_config, train_config)
-criterion.train()
-opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
-x, targets = torch.load(cfg["batch"], weights_only=True)
-page = os.sysconf("SC_PAGE_SIZE")
-rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
-base, peak, stop = rss(), [0], threading.Event()
-def sample():
-    while not stop.is_set():
-        peak[0] = max(peak[0], rss()); time.sleep(0.005)
-threading.Thread(target=sample, daemon=True).start()
-times = []
-for i in range(cfg["warmup"] + cfg["iters"]):
-    t = time.perf_counter()
-    out = net(x, targets)
-    losses = criterion(out, targets)
-    loss = sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 0.1)
-    opt.step()
-    if i >= cfg["warmup"]:
-        times.append(time.perf_counter() - t)
-stop.set(); time.sleep(0.02)
-print(json.dumps({"times": times, "peak_mb": (max(peak[0], rss()) - base) / 2**20}))
-"""
-
 
 def make_batch(resolution: int, batch: int, num_logits: int, seed: int = 0) -> tuple[torch.Tensor, list[dict]]:
     """A normalised random batch, 3 boxes per image with box-shaped masks (the same kind for every mode)."""
@@ -182,15 +140,6 @@ def run_worker(mode: str, args: argparse.Namespace) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_upstream(python: str, args: argparse.Namespace, batch_file: Path) -> dict:
-    cfg = {"batch": str(batch_file), "iters": args.iters, "warmup": args.warmup, "threads": args.threads}
-    proc = subprocess.run([python, "-c", _UPSTREAM_SCRIPT, json.dumps(cfg)], capture_output=True, text=True, cwd="/",
-                          timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"upstream benchmark failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def cache_epochs(args: argparse.Namespace, workdir: Path) -> list[float]:
     """Training time of epochs 1 and 2 of ``train_seg_stage2.py --cache_features`` (nano, random detector)."""
     sys.path.insert(0, str(REPO))  # the script lives at the top level, not in the package
@@ -260,7 +209,8 @@ def main(args: argparse.Namespace) -> int:
                 results[mode]["peak_mb"].append(out["peak_mb"])
                 trainable[mode] = out["trainable"]
             if args.upstream_python:
-                out = run_upstream(args.upstream_python, args, batch_file)
+                out = time_upstream_step(args.upstream_python, "RFDETRSegNano", True, batch_file, args.iters,
+                                         args.warmup, args.threads)
                 results["upstream"]["times"] += out["times"]
                 results["upstream"]["peak_mb"].append(out["peak_mb"])
     cache_runs = [run_worker("cache", args)["epochs"] for _ in range(args.rounds)]

@@ -12,54 +12,19 @@ time of each, the ratio ours / upstream (target <= 0.90x), and our peak RSS grow
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from upstream_step import time_upstream_step
 
 from rfdetr.config import get_preset
 from rfdetr.losses import build_criterion
 from rfdetr.models import build_model
 from rfdetr.optim import make_adamw, param_groups
-
-# Runs under the upstream interpreter (the packages share the name ``rfdetr``); cwd "/" so ours cannot shadow it.
-_UPSTREAM_SCRIPT = r"""
-import json, sys, time, warnings
-warnings.filterwarnings("ignore")
-import logging; logging.disable(logging.WARNING)
-import torch
-import rfdetr
-from rfdetr.config import SegmentationTrainConfig, TrainConfig
-from rfdetr.models.lwdetr import build_criterion_from_config
-cfg = json.loads(sys.argv[1])
-torch.set_num_threads(cfg["threads"])
-torch.manual_seed(0)
-wrapper = getattr(rfdetr, cfg["upstream_name"])(pretrain_weights=None)
-net = wrapper.model.model.train()
-train_cls = SegmentationTrainConfig if cfg["seg"] else TrainConfig
-criterion, _ = build_criterion_from_config(wrapper.model_config, train_cls(dataset_dir=".", output_dir="."))
-criterion.train()
-opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
-x, targets = torch.load(cfg["batch"], weights_only=True)
-times = []
-for i in range(cfg["warmup"] + cfg["iters"]):
-    t = time.perf_counter()
-    out = net(x, targets)
-    losses = criterion(out, targets)
-    loss = sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 0.1)
-    opt.step()
-    if i >= cfg["warmup"]:
-        times.append((time.perf_counter() - t) * 1000)
-print(json.dumps({"times": times}))
-"""
 
 
 def make_batch(resolution: int, batch: int, seg: bool, seed: int = 0) -> tuple[torch.Tensor, list[dict]]:
@@ -105,16 +70,6 @@ def time_ours(size: str, x: torch.Tensor, targets: list[dict], iters: int, warmu
     return times
 
 
-def time_upstream(python: str, size: str, batch_file: Path, iters: int, warmup: int, threads: int) -> list[float]:
-    cfg = {"upstream_name": get_preset(size).upstream_name, "seg": get_preset(size).segmentation_head,
-           "batch": str(batch_file), "iters": iters, "warmup": warmup, "threads": threads}
-    proc = subprocess.run([python, "-c", _UPSTREAM_SCRIPT, json.dumps(cfg)], capture_output=True, text=True, cwd="/",
-                          timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"upstream benchmark failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["times"]
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="nano", help="preset (e.g. nano, seg-nano)")
@@ -140,7 +95,9 @@ def main(args: argparse.Namespace) -> int:
     for _ in range(args.rounds):
         ours += time_ours(args.size, x, targets, args.iters, args.warmup)
         if args.upstream_python:
-            up += time_upstream(args.upstream_python, args.size, batch_file, args.iters, args.warmup, args.threads)
+            result = time_upstream_step(args.upstream_python, cfg.upstream_name, cfg.segmentation_head, batch_file,
+                                        args.iters, args.warmup, args.threads)
+            up += [t * 1000 for t in result["times"]]
     peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     line = (f"{args.size} @ {cfg.resolution}, batch {args.batch}, {args.threads} threads: "
             f"ours {statistics.median(ours):.0f} ms/step (peak RSS +{peak_mb:.0f} MB)")

@@ -103,7 +103,17 @@ def load_pretrained(model: nn.Module, name_or_path: str, exclude: list[str] | No
         WeightsDownloadError: an official name that cannot be downloaded (the message says where to put the file).
     """
     path = resolve_weights(name_or_path)
-    state = extract_state_dict(load_checkpoint_file(path))
+    return load_pretrained_state(model, extract_state_dict(load_checkpoint_file(path)), path, exclude)
+
+
+def load_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path,
+                          exclude: list[str] | None = None) -> LoadReport:
+    """:func:`load_pretrained` on an already read state dict (``path`` only names it in messages).
+
+    Raises:
+        CheckpointError: as :func:`load_pretrained`.
+    """
+    state = dict(state)
     patterns = [p for p in (exclude or []) if p]
     dropped = [k for k in state if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
     for key in dropped:

@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from rfdetr.checkpoint import extract_state_dict, load_checkpoint_file
 from rfdetr.cli import (
     configs_from_args,
@@ -68,16 +70,28 @@ def build_criterion_for(cfg: ModelConfig, loss: LossConfig, segmentation: bool =
 
 
 def detector_param_groups(cfg: ModelConfig, optim: OptimConfig, freeze_encoder: bool = False):  # noqa: ANN201
-    """The optimizer-group builder of the whole detector (ViT layer-wise decay, spec section 3)."""
+    """The optimizer-group builder of the whole detector (ViT layer-wise decay, spec section 3).
 
-    def build(model: RFDETRModel) -> list[dict[str, Any]]:
-        freeze_unused(model)
+    The model may also be a detector wrapped with a mask head (single stage): parameters are told apart by name
+    substrings, so the detector's keep their groups and the head's get ``lr`` ("everything else")."""
+
+    def build(model: nn.Module) -> list[dict[str, Any]]:
+        detector = detector_of(model)
+        freeze_unused(detector)
         if freeze_encoder:
-            model.backbone[0].encoder.requires_grad_(False)
+            detector.backbone[0].encoder.requires_grad_(False)
         return param_groups(model, optim.lr, optim.lr_encoder, optim.weight_decay, optim.lr_vit_layer_decay,
                             optim.lr_component_decay, cfg.out_feature_indexes)
 
     return build
+
+
+def detector_of(model: nn.Module) -> RFDETRModel:
+    """The :class:`RFDETRModel` inside ``model`` (itself, or a Segmenter's ``detector``)."""
+    detector = getattr(model, "detector", model)
+    if not isinstance(detector, RFDETRModel):
+        raise TypeError(f"expected an RFDETRModel or a Segmenter, got {type(model).__name__}")
+    return detector
 
 
 def freeze_unused(model: RFDETRModel) -> None:

@@ -245,8 +245,9 @@ def parameter_counts(model: Segmenter) -> dict[str, int]:
 
 
 def build_segmenter(detector: RFDETRModel, head_cfg: MaskHeadConfig, head_state: dict[str, torch.Tensor],
-                    path: Path) -> Segmenter:
-    """Freeze ``detector`` and attach a new head, initialised from ``head_state`` when the checkpoint has this head.
+                    path: Path, freeze_detector: bool = True) -> Segmenter:
+    """Freeze ``detector`` (stage 2; single stage trains it) and attach a new head, initialised from ``head_state``
+    when the checkpoint has this head.
 
     Raises:
         Stage2Error: the checkpoint's head tensors have this head's prefix but do not fit it.
@@ -264,7 +265,7 @@ def build_segmenter(detector: RFDETRModel, head_cfg: MaskHeadConfig, head_state:
     elif head_state:
         logger.warning("%s holds another mask head (%d tensors): training a new %s head", path, len(head_state),
                        head_cfg.kind)
-    return Segmenter(detector, head, freeze_detector=True)
+    return Segmenter(detector, head, freeze_detector=freeze_detector)
 
 
 def mask_head_config(requested: str, size: str, cfg: ModelConfig, ckpt: dict[str, Any], resume: bool

@@ -116,9 +116,9 @@ class SetCriterion(nn.Module):
     def loss_masks(self, outputs: dict[str, Any], targets: Targets, indices: Indices, num_boxes: float) -> Losses:
         """``loss_mask_ce`` and ``loss_mask_dice`` on the matched queries' masks only, at PointRend-sampled points.
 
-        Only the M matched masks are ever evaluated (never the dense [B, N, Hm, Wm] logits), at ``max(Hm, Hm*Wm //
-        ratio)`` points each. Predictions are sampled bilinearly; targets with nearest, in the same normalised
-        frame, so predicted and target masks may have different resolutions.
+        Only the M matched masks are ever built ([M, Hm, Wm], never the dense [B, N, Hm, Wm] logits), then read at
+        ``max(Hm, Hm*Wm // ratio)`` points each. Predictions are sampled bilinearly; targets with nearest, in the same
+        normalised frame, so predicted and target masks may have different resolutions.
         """
         if "pred_masks" not in outputs:
             raise KeyError("the 'masks' loss needs outputs['pred_masks'] in every output set")
@@ -131,10 +131,11 @@ class SetCriterion(nn.Module):
             # Nothing matched: a zero that still touches the mask head, so DDP sees its parameters used.
             zero = mask_logits.at_shared_points(torch.full((1, 2), 0.5, device=device)).sum() * 0.0
             return {"loss_mask_ce": zero, "loss_mask_dice": zero.clone()}
+        masks = mask_logits.selected(batch_idx, query_idx).unsqueeze(1)  # [M, 1, Hm, Wm]: matched masks only
         points = sample_uncertain_points(
-            lambda pts: mask_logits.at_points(batch_idx, query_idx, pts), len(batch_idx), num_points, device=device
+            lambda pts: point_sample(masks, pts).squeeze(1), len(batch_idx), num_points, device=device
         )  # [M, P, 2]
-        pred = mask_logits.at_points(batch_idx, query_idx, points)  # [M, P]
+        pred = point_sample(masks, points).squeeze(1)  # [M, P]
         tgt = torch.zeros_like(pred)
         for i, (target, (_, tgt_idx)) in enumerate(zip(targets, indices, strict=True)):
             sel = (batch_idx == i).nonzero(as_tuple=True)[0]

@@ -10,7 +10,7 @@ therefore put either of these under ``outputs["pred_masks"]``:
   bilinear sampling is linear, so sampling the feature map and then taking the dot product gives the same numbers as
   sampling the dense logits.
 
-Anything else that implements :class:`MaskLogits` (``mask_size``, ``at_points``, ``at_shared_points``) works too.
+Anything else that implements :class:`MaskLogits` (``mask_size``, ``selected``, ``at_shared_points``) works too.
 Points are ``(x, y)`` in [0, 1] relative to the mask map; predictions are sampled bilinearly with border padding.
 """
 
@@ -54,8 +54,8 @@ class MaskLogits(Protocol):
         """(Hm, Wm) of the logit map."""
         ...
 
-    def at_points(self, batch_idx: torch.Tensor, query_idx: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """Logits of the M selected masks ``(batch_idx[m], query_idx[m])`` at their own points [M, P, 2] -> [M, P]."""
+    def selected(self, batch_idx: torch.Tensor, query_idx: torch.Tensor) -> torch.Tensor:
+        """Dense logits [M, Hm, Wm] of the M selected masks ``(batch_idx[m], query_idx[m])`` only."""
         ...
 
     def at_shared_points(self, points: torch.Tensor) -> torch.Tensor:
@@ -73,9 +73,12 @@ class DenseMaskLogits:
     def mask_size(self) -> tuple[int, int]:
         return (self.masks.shape[-2], self.masks.shape[-1])
 
+    def selected(self, batch_idx: torch.Tensor, query_idx: torch.Tensor) -> torch.Tensor:
+        return self.masks[batch_idx, query_idx]
+
     def at_points(self, batch_idx: torch.Tensor, query_idx: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        selected = self.masks[batch_idx, query_idx].unsqueeze(1)  # [M, 1, Hm, Wm]
-        return point_sample(selected, points).squeeze(1)
+        """Logits of the selected masks at their own points [M, P, 2] -> [M, P]."""
+        return point_sample(self.selected(batch_idx, query_idx).unsqueeze(1), points).squeeze(1)
 
     def at_shared_points(self, points: torch.Tensor) -> torch.Tensor:
         batch = self.masks.shape[0]
@@ -89,7 +92,7 @@ class SparseMaskLogits:
     Attributes:
         spatial_features: [B, C, Hm, Wm] per-pixel mask embeddings.
         query_features: [B, Q, C] per-query mask embeddings.
-        bias: scalar or [1] learned offset.
+        bias: a scalar / [1] offset shared by every mask, or one per mask [B, Q].
     """
 
     spatial_features: torch.Tensor
@@ -100,22 +103,33 @@ class SparseMaskLogits:
     def mask_size(self) -> tuple[int, int]:
         return (self.spatial_features.shape[-2], self.spatial_features.shape[-1])
 
-    def at_points(self, batch_idx: torch.Tensor, query_idx: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        num_points = points.shape[1]
-        out = points.new_empty((len(batch_idx), num_points), dtype=self.query_features.dtype)
-        # One grid_sample per image: indexing the feature map per mask would copy [C, Hm, Wm] for every mask.
+    def selected(self, batch_idx: torch.Tensor, query_idx: torch.Tensor) -> torch.Tensor:
+        # One [M_b, C] x [C, Hm*Wm] product per image, as rfdetr: the loss then samples a 1-channel map, which is far
+        # cheaper (forward and backward) than sampling the C-channel feature map at every point of every mask.
+        height, width = self.mask_size
+        out = self.query_features.new_empty((len(batch_idx), height, width))
         for b in torch.unique(batch_idx).tolist():
             sel = (batch_idx == b).nonzero(as_tuple=True)[0]
-            pts = points[sel].reshape(1, -1, 2)  # [1, M_b * P, 2]
-            feats = point_sample(self.spatial_features[b : b + 1], pts)[0]  # [C, M_b * P]
-            feats = feats.view(feats.shape[0], len(sel), num_points)  # [C, M_b, P]
-            out[sel] = torch.einsum("cmp,mc->mp", feats, self.query_features[b, query_idx[sel]]) + self.bias
+            pixels = self.spatial_features[b].flatten(1)  # [C, Hm*Wm]
+            masks = self.query_features[b, query_idx[sel]] @ pixels  # [M_b, Hm*Wm]
+            out[sel] = masks.view(len(sel), height, width) + self._bias(b, query_idx[sel])
         return out
+
+    def _bias(self, b: int, query_idx: torch.Tensor) -> torch.Tensor:
+        """The offsets of image ``b``'s queries ``query_idx``, broadcastable to [M_b, Hm, Wm]."""
+        if self.bias.dim() < 2:
+            return self.bias
+        return self.bias[b, query_idx][:, None, None]
+
+    def at_points(self, batch_idx: torch.Tensor, query_idx: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Logits of the selected masks at their own points [M, P, 2] -> [M, P]."""
+        return point_sample(self.selected(batch_idx, query_idx).unsqueeze(1), points).squeeze(1)
 
     def at_shared_points(self, points: torch.Tensor) -> torch.Tensor:
         batch = self.spatial_features.shape[0]
         feats = point_sample(self.spatial_features, points.unsqueeze(0).expand(batch, -1, -1))  # [B, C, P]
-        return torch.bmm(self.query_features, feats) + self.bias  # [B, Q, P]
+        bias = self.bias.unsqueeze(-1) if self.bias.dim() >= 2 else self.bias
+        return torch.bmm(self.query_features, feats) + bias  # [B, Q, P]
 
 
 def as_mask_logits(pred_masks: torch.Tensor | Mapping[str, torch.Tensor] | MaskLogits) -> MaskLogits:

@@ -106,12 +106,15 @@ class RFDETRModel(nn.Module):
         out["features"] = features
         return out
 
-    def forward(self, pixels: torch.Tensor, num_groups: int | None = None) -> Outputs:
-        """Args: pixels [B, 3, H, W] normalised images (see :meth:`forward_features`).
+    def forward(self, pixels: torch.Tensor, num_groups: int | None = None, dense_masks: bool = False) -> Outputs:
+        """Args: pixels [B, 3, H, W] normalised images (see :meth:`forward_features`); ``dense_masks``: dense mask
+        logits in train mode too.
 
         Returns dict (N = Q in eval, G*Q in train):
             ``pred_logits`` [B, N, K], ``pred_boxes`` [B, N, 4] normalised cxcywh (last decoder layer);
-            ``pred_masks`` [B, N, H/4, W/4] mask logits (segmentation models only);
+            ``pred_masks`` (segmentation models only): [B, N, H/4, W/4] mask logits in eval mode (or with
+            ``dense_masks``), in train mode a :class:`rfdetr.losses.mask_logits.SparseMaskLogits` (spatial features
+            [B, D, H/4, W/4], query features [B, N, D]) that the matcher and the loss point-sample;
             ``aux_outputs``: list over earlier decoder layers of dicts with the same keys;
             ``enc_outputs``: {``pred_logits``, ``pred_boxes`` [, ``pred_masks``]} of the two-stage proposals.
         """
@@ -122,12 +125,15 @@ class RFDETRModel(nn.Module):
         layers = [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits, boxes, strict=True)]
         enc: dict[str, torch.Tensor] = {"pred_logits": feats["enc_logits"], "pred_boxes": feats["enc_boxes"]}
         if self.segmentation_head is not None:
+            head, spatial = self.segmentation_head, feats["features"][0]
             image_size = (pixels.shape[-2], pixels.shape[-1])
-            masks = self.segmentation_head(feats["features"][0], list(hs), image_size)
+            # Training reads masks at sampled points only: the factorised form never builds B x G*Q x H/4 x W/4.
+            sparse = self.training and not dense_masks
+            masks = (head.forward_sparse if sparse else head)(spatial, list(hs), image_size)
             for layer, mask in zip(layers, masks, strict=True):
                 layer["pred_masks"] = mask
-            enc["pred_masks"] = self.segmentation_head.forward_encoder(
-                feats["features"][0], feats["enc_features"], image_size
+            enc["pred_masks"] = (head.forward_encoder_sparse if sparse else head.forward_encoder)(
+                spatial, feats["enc_features"], image_size
             )
         out: Outputs = dict(layers[-1])
         out["aux_outputs"] = layers[:-1]

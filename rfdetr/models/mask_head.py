@@ -98,7 +98,8 @@ class MaskHeadConfig:
 
 
 class MaskHead(SegmentationHead):
-    """rfdetr's segmentation head (spec section 7) with the sparse training outputs stage 2 needs.
+    """rfdetr's segmentation head (spec section 7), with a :class:`MaskHeadConfig` (its sparse training outputs,
+    ``forward_sparse`` / ``forward_encoder_sparse``, are :class:`SegmentationHead`'s).
 
     Args:
         dim: D.
@@ -112,30 +113,6 @@ class MaskHead(SegmentationHead):
     def __init__(self, dim: int, num_layers: int, downsample_ratio: int = 4) -> None:
         super().__init__(dim, num_layers, downsample_ratio)
         self.config = MaskHeadConfig("full", dim, num_layers, downsample_ratio=downsample_ratio)
-
-    def forward_sparse(
-        self, spatial_features: torch.Tensor, query_features: Sequence[torch.Tensor], image_size: tuple[int, int]
-    ) -> list[SparseMaskLogits]:
-        """Factorised mask logits of every decoder layer (training).
-
-        Args:
-            spatial_features: [B, D, h, w] projector map.
-            query_features: L tensors [B, N, D], decoder layer l paired with block l.
-            image_size: (H, W) of the network input.
-
-        Returns:
-            L :class:`SparseMaskLogits` with spatial features [B, D, H/4, W/4] and query features [B, N, D].
-        """
-        maps = self.spatial_maps(spatial_features, image_size)
-        return [SparseMaskLogits(m, self.project_queries(q), self.bias) for m, q in zip(maps, query_features,
-                                                                                        strict=True)]
-
-    def forward_encoder_sparse(
-        self, spatial_features: torch.Tensor, query_features: torch.Tensor, image_size: tuple[int, int]
-    ) -> SparseMaskLogits:
-        """Two-stage proposal masks (blocks skipped, as rfdetr 1.11.2), factorised; for single-stage training."""
-        pixel_embed = self.spatial_features_proj(self.resize(spatial_features, image_size))
-        return SparseMaskLogits(pixel_embed, self.project_queries(query_features), self.bias)
 
 
 class MaskHeadNano(nn.Module):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rfdetr.losses.mask_logits import SparseMaskLogits
+
 
 class DepthwiseConvBlock(nn.Module):
     """ConvNeXt block without its MLP: dw3x3 -> LayerNorm (eps 1e-6) -> Linear -> GELU, plus the input."""
@@ -142,3 +144,53 @@ class SegmentationHead(nn.Module):
         """
         pixel_embed = self.spatial_features_proj(self.resize(spatial_features, image_size))
         return self.masks(pixel_embed, self.project_queries(query_features))
+
+    def factorised(self, pixels: torch.Tensor, query_features: torch.Tensor) -> SparseMaskLogits:
+        """Mask logits ``<proj(q), P x + p> + bias`` (P, p: ``spatial_features_proj``) in factorised form.
+
+        The 1x1 projection moves to the queries, ``<P^T proj(q), x> + (<proj(q), p> + bias)``: the same logits, but
+        the D x D product runs on the N queries instead of every pixel of the [B, D, H/ratio, W/ratio] map.
+
+        Args:
+            pixels: [B, D, H/ratio, W/ratio] map before ``spatial_features_proj``.
+            query_features: [B, N, D] decoder (or two-stage) query features.
+
+        Returns:
+            :class:`SparseMaskLogits` with spatial features ``pixels``, query features [B, N, D] and a per-query bias
+            [B, N].
+        """
+        queries = self.project_queries(query_features)  # [B, N, D]
+        weight = self.spatial_features_proj.weight.flatten(1)  # [D_out, D_in]
+        bias = queries @ self.spatial_features_proj.bias + self.bias  # [B, N]
+        return SparseMaskLogits(pixels, queries @ weight, bias)
+
+    def forward_sparse(
+        self, spatial_features: torch.Tensor, query_features: Sequence[torch.Tensor], image_size: tuple[int, int]
+    ) -> list[SparseMaskLogits]:
+        """Factorised mask logits of every decoder layer (training; rfdetr's ``sparse_forward``).
+
+        The same function as :meth:`forward`, but the dense [B, N, H/ratio, W/ratio] logits are never built: the
+        loss reads them at a few points per matched query (:class:`rfdetr.losses.mask_logits.SparseMaskLogits`).
+
+        Args:
+            spatial_features: [B, D, h, w] projector map.
+            query_features: L tensors [B, N, D], decoder layer l paired with block l.
+            image_size: (H, W) of the network input.
+
+        Returns:
+            L :class:`SparseMaskLogits` (see :meth:`factorised`), spatial features [B, D, H/ratio, W/ratio].
+        """
+        if len(query_features) > len(self.blocks):
+            raise ValueError(f"got {len(query_features)} query sets for {len(self.blocks)} blocks")
+        x = self.resize(spatial_features, image_size)
+        out = []
+        for block, queries in zip(self.blocks, query_features, strict=False):
+            x = block(x)  # cumulative, as in forward()
+            out.append(self.factorised(x, queries))
+        return out
+
+    def forward_encoder_sparse(
+        self, spatial_features: torch.Tensor, query_features: torch.Tensor, image_size: tuple[int, int]
+    ) -> SparseMaskLogits:
+        """:meth:`forward_encoder`, factorised (training): blocks skipped, queries [B, N, D]."""
+        return self.factorised(self.resize(spatial_features, image_size), query_features)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rfdetr.config import MODEL_PRESETS
+from rfdetr.losses.mask_logits import DenseMaskLogits, SparseMaskLogits
 from rfdetr.models import PostProcess, RFDETRModel, build_model
 
 # Seg-nano geometry (patch 12, no windows) on a 96x72 input, with few queries and groups to stay fast.
@@ -39,9 +40,17 @@ def test_seg_forward_eval_and_train(seg_model: RFDETRModel) -> None:
         check_outputs(seg_model(x), 2, TINY_SEG.num_queries)
     seg_model.train()
     try:
-        out = seg_model(x)
-        check_outputs(out, 2, TINY_SEG.num_queries * TINY_SEG.group_detr)
-        loss = out["pred_masks"].mean() + out["pred_boxes"].sum() + out["enc_outputs"]["pred_logits"].mean()
+        dense = seg_model(x, dense_masks=True)
+        check_outputs(dense, 2, TINY_SEG.num_queries * TINY_SEG.group_detr)
+        out = seg_model(x)  # training default: factorised masks, the same logits at any point
+        points = torch.rand(7, 2)
+        for sparse, full in ((out, dense), *zip(out["aux_outputs"], dense["aux_outputs"], strict=True),
+                             (out["enc_outputs"], dense["enc_outputs"])):
+            assert isinstance(sparse["pred_masks"], SparseMaskLogits)
+            torch.testing.assert_close(sparse["pred_masks"].at_shared_points(points),
+                                       DenseMaskLogits(full["pred_masks"]).at_shared_points(points))
+        loss = (out["pred_masks"].at_shared_points(points).mean() + out["pred_boxes"].sum()
+                + out["enc_outputs"]["pred_logits"].mean())
         loss.backward()
     finally:
         seg_model.eval()
