@@ -110,3 +110,17 @@ def test_bf16_autocast_forward(seg_model: RFDETRModel) -> None:
     assert out["pred_masks"].shape == (1, TINY_SEG.num_queries, HEIGHT // 4, WIDTH // 4)
     rel = (feats.float() - ref).norm() / ref.norm()
     assert rel < 0.05
+
+
+def test_factorised_masks_equal_the_per_pixel_projection() -> None:
+    """``masks()`` moves the 1x1 spatial projection onto the queries; rfdetr projects every pixel. Same logits."""
+    from rfdetr.models.segmentation_head import SegmentationHead
+
+    torch.manual_seed(3)
+    head = SegmentationHead(dim=16, num_blocks=2)
+    torch.nn.init.normal_(head.spatial_features_proj.bias)
+    torch.nn.init.normal_(head.bias)
+    pixels, queries = torch.randn(2, 16, 9, 7), torch.randn(2, 5, 16)
+    projected = head.spatial_features_proj(pixels)  # [B, D, h, w], upstream's order of operations
+    expected = torch.einsum("bchw,bnc->bnhw", projected, head.project_queries(queries)) + head.bias
+    torch.testing.assert_close(head.masks(pixels, queries), expected, rtol=1e-5, atol=1e-5)
