@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 _SCRIPT = r"""
-import json, os, sys, threading, time, warnings
+import json, os, sys, time, warnings
 warnings.filterwarnings("ignore")
 import logging; logging.disable(logging.WARNING)
 import torch
@@ -31,13 +31,9 @@ criterion, _ = build_criterion_from_config(wrapper.model_config, train_cls(datas
 criterion.train()
 opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
 x, targets = torch.load(cfg["batch"], weights_only=True)
-page = os.sysconf("SC_PAGE_SIZE")
-rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
-base, peak, stop = rss(), [0], threading.Event()
-def sample():
-    while not stop.is_set():
-        peak[0] = max(peak[0], rss()); time.sleep(0.005)
-threading.Thread(target=sample, daemon=True).start()
+# Peak memory from the kernel's high-water mark: no sampling thread, whose wake-ups would slow the timed steps.
+import resource
+base = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 times = []
 for i in range(cfg["warmup"] + cfg["iters"]):
     t = time.perf_counter()
@@ -50,8 +46,8 @@ for i in range(cfg["warmup"] + cfg["iters"]):
     opt.step()
     if i >= cfg["warmup"]:
         times.append(time.perf_counter() - t)
-stop.set(); time.sleep(0.02)
-print(json.dumps({"times": times, "peak_mb": (max(peak[0], rss()) - base) / 2**20}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+print(json.dumps({"times": times, "peak_mb": (peak - base) / 2**20}))
 """
 
 
