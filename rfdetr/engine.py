@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import random
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +56,12 @@ class StepSettings:
     scales: Sequence[int] = ()
     max_consecutive_nonfinite: int = 5
 
+
+
+def _progress_interval() -> float:
+    """Seconds between progress-bar refreshes: live on a terminal, every 30 s when stderr goes to a log file (each
+    refresh there is another carriage-return-joined fragment of one endless line)."""
+    return 0.1 if sys.stderr.isatty() else 30.0
 
 def to_device(images: torch.Tensor, targets: Targets, device: torch.device) -> tuple[torch.Tensor, Targets]:
     """Move a collated batch to ``device`` (non-tensor target entries stay as they are)."""
@@ -142,7 +149,7 @@ def train_one_epoch(
     accum = settings.grad_accum_steps
     steps_in_epoch = len(loader) // accum if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     bar = tqdm(total=steps_in_epoch, desc=f"epoch {epoch}", disable=not (progress and is_main_process()),
-               dynamic_ncols=True, leave=False)
+               dynamic_ncols=True, leave=False, mininterval=_progress_interval())
     skipped = consecutive_bad = 0
     micro: list[tuple[torch.Tensor, Targets]] = []
     start = time.perf_counter()
@@ -251,7 +258,7 @@ def evaluate(
     evaluator.reset()
     averages = _Averages()
     for images, targets in tqdm(loader, desc=desc, disable=not (progress and is_main_process()), leave=False,
-                                dynamic_ncols=True):
+                                dynamic_ncols=True, mininterval=_progress_interval()):
         images, targets = to_device(images, targets, device)
         with _autocast(device, autocast_dtype):
             outputs = forward(model, images, targets)
