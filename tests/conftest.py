@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from rfdetr.data.synthetic import SyntheticSpec, write_synthetic_dataset
 
@@ -57,3 +60,25 @@ def tiny_stage2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ckpt = make_checkpoint(model.checkpoint_state_dict(), cfg, names, stage="seg_stage2", mask_head=head_cfg.to_dict())
     save_checkpoint(ckpt, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Tiny tensors gain nothing from intra-op threads, and on a shared CPU the OpenMP threads of each op wait for each
+    other: one thread is several times faster there. The previous count is restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def four_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 synthetic 64x64 images (polygon, RLE and raw-RLE masks) used as both train and valid: the overfit set."""
+    root = tmp_path_factory.mktemp("four")
+    write_synthetic_dataset(root, SyntheticSpec(splits=(("train", 4),), width=64, height=64, max_objects=2, seed=3))
+    shutil.copytree(root / "train", root / "valid")
+    return root

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +34,7 @@ class RFDETRTinySeg(RFDETR):
         return super()._config_for(*args).replace(segmentation_head=True)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb(model: torch.nn.Module, seed: int) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,14 +12,7 @@ from rfdetr.models import build_model
 from rfdetr.models.mask_head import MaskHeadConfig, MaskHeadNano, build_mask_head, resolve_mask_head_kind
 from rfdetr.models.segmenter import Segmenter
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny tensors gain nothing from intra-op threads; on a shared CPU they only wait for each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,22 +57,8 @@ RESOLUTION = TINY_SEG_CONFIG.resolution  # 96: at 64 px the tiny token grid is s
 NAMES = ["circle", "square", "triangle"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny tensors gain nothing from intra-op threads; on a shared CPU one thread is several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def four_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 synthetic 64x64 images used as both train and valid: the overfit set."""
-    root = tmp_path_factory.mktemp("four")
-    write_synthetic_dataset(root, SyntheticSpec(splits=(("train", 4),), width=64, height=64, max_objects=2, seed=3))
-    shutil.copytree(root / "train", root / "valid")
-    return root
 
 
 def run_single(dataset: Path, output: Path, *extra: str) -> int:

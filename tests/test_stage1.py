@@ -13,7 +13,7 @@ import shrink_head
 import train_detector_stage1
 from rfdetr.checkpoint import load_checkpoint_file
 from rfdetr.config import TINY_CONFIG
-from rfdetr.data.synthetic import ANNOTATION_FILE, SyntheticSpec, write_synthetic_dataset
+from rfdetr.data.synthetic import ANNOTATION_FILE
 from rfdetr.models import build_model
 from rfdetr.util.loggers import read_jsonl
 
@@ -26,14 +26,6 @@ def run_stage1(dataset: Path, output: Path, *extra: str) -> int:
     argv = [*FAST, "--dataset", str(dataset), "--output", str(output), *extra]
     return train_detector_stage1.main(train_detector_stage1.get_args_parser().parse_args(argv))
 
-
-@pytest.fixture(scope="module")
-def four_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 synthetic 64x64 images used as both train and valid: the overfit set."""
-    root = tmp_path_factory.mktemp("four")
-    write_synthetic_dataset(root, SyntheticSpec(splits=(("train", 4),), width=64, height=64, max_objects=2, seed=3))
-    shutil.copytree(root / "train", root / "valid")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import json
 import shlex
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,9 @@ from rfdetr.cli import configs_from_args, model_config_for
 from rfdetr.config import get_preset
 from rfdetr.data.coco import CocoDetection, collate_fn
 from rfdetr.data.coco_classes import COCO_CLASSES
-from rfdetr.data.synthetic import ANNOTATION_FILE, SyntheticSpec, write_synthetic_dataset
+from rfdetr.data.synthetic import ANNOTATION_FILE
 from rfdetr.data.transforms import eval_transforms
-from rfdetr.detr import RFDETR, RFDETRNano
+from rfdetr.detr import RFDETR, RFDETRNano, RFDETRTiny
 from rfdetr.losses import build_criterion
 from rfdetr.models import build_model
 from rfdetr.models.mask_head import MaskHeadConfig, build_mask_head
@@ -56,29 +55,8 @@ OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "refs" / "rf-
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
-class RFDETRTiny(RFDETR):
-    """The user API on the tiny test config (no official weights exist for it)."""
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-    size = "tiny"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny tensors gain nothing from intra-op threads, and on a shared CPU the OpenMP threads of each op wait for
-    # each other: one thread is several times faster here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def four_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 synthetic 64x64 images used as both train and valid: the overfit set (polygon, RLE and raw-RLE masks)."""
-    root = tmp_path_factory.mktemp("four")
-    write_synthetic_dataset(root, SyntheticSpec(splits=(("train", 4),), width=64, height=64, max_objects=2, seed=3))
-    shutil.copytree(root / "train", root / "valid")
-    return root
 
 
 def train_tiny_detector(root: Path, run_dir: Path, steps: int = 80) -> Path:
