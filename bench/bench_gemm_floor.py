@@ -7,7 +7,7 @@ architecture; an implementation with upstream's outputs cannot skip any of it. T
 multiply (``mm``/``addmm``/``bmm``/``linear``) our forward issues, with its shapes, then times those same products in
 isolation, back to back, with the same thread count: their sum is a floor no exact fp32 implementation on this
 machine and BLAS can beat. It prints the floor, our forward and (with ``--upstream-python``) upstream's forward from
-bench_inference.py's timing code, and the best ratio to upstream the floor allows.
+bench_inference.py's worker processes (interleaved), and the best ratio to upstream the floor allows.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import time_ours, time_upstream  # noqa: E402
+from bench_inference import Worker, measure  # noqa: E402
 
 from rfdetr.config import get_preset  # noqa: E402
 from rfdetr.models import build_model  # noqa: E402
@@ -94,13 +94,18 @@ def main(args: argparse.Namespace) -> int:
     res = args.resolution or get_preset(args.size).resolution
     calls = gemm_shapes(args.size, res, args.batch)
     floor, gflop = time_gemms(calls, args.iters)
-    ours = statistics.median(time_ours(args.size, res, args.batch, args.iters, 2, torch.float32))
+    base = {"size": args.size, "resolution": res, "batch": args.batch, "threads": args.threads, "warmup": 2,
+            "upstream_name": get_preset(args.size).upstream_name}
+    workers = [Worker("ours", sys.executable, {**base, "impl": "ours"}, str(Path(__file__).resolve().parent.parent))]
+    if args.upstream_python:
+        workers.append(Worker("upstream", args.upstream_python, {**base, "impl": "upstream"}, None))
+    measure(workers, rounds=max(1, args.iters // 3), iters=3)
+    ours = statistics.median(workers[0].times)
     line = (f"{args.size} @ {res}, batch {args.batch}, {args.threads} threads: {sum(calls.values())} GEMMs, "
             f"{gflop:.1f} GFLOP; GEMM floor {floor:.1f} ms ({gflop / floor * 1000:.0f} GFLOP/s), "
             f"ours fp32 {ours:.1f} ms (GEMMs {floor / ours:.0%} of it)")
     if args.upstream_python:
-        up = statistics.median(time_upstream(args.upstream_python, args.size, res, args.batch, args.iters, 2,
-                                             args.threads))
+        up = statistics.median(workers[1].times)
         line += f", upstream {up:.1f} ms: ours/upstream {ours / up:.2f}x, floor/upstream {floor / up:.2f}x"
     print(line)
     return 0

@@ -2,14 +2,20 @@
 
     python bench/bench_inference.py --size nano --upstream-python /path/to/venv-with-rfdetr/bin/python
     python bench/bench_inference.py --size nano seg-nano --onnx --upstream-python /path/to/venv/bin/python
+    python bench/bench_inference.py --size nano --compare /path/to/other/checkout   # A/B two versions of ours
 
-For each size: our float32 forward, our bfloat16 (CPU autocast) forward, with ``--onnx`` the same model exported with
-:func:`rfdetr.onnx_export.export_onnx` at the same resolution and run by onnxruntime (float32, ``--threads`` intra-op
-threads), and, when ``--upstream-python`` names an interpreter with ``rfdetr==1.11.2`` installed, upstream's float32
-forward of the same architecture on the same input, in a subprocess (the two packages share the name ``rfdetr``).
-Rounds alternate ours / onnxruntime / upstream so that load changes on the machine hit all. Prints medians in ms and
-the ratios to upstream. The PyTorch forwards (ours and upstream's) are the full eval forward (auxiliary and encoder
-outputs included, as ``predict`` runs it); the ONNX graph is the export graph (last decoder layer only).
+Every model runs in its own worker process, built once and kept alive: our float32 forward, our bfloat16 (CPU
+autocast) forward, with ``--onnx`` our export run by onnxruntime (float32, ``--threads`` intra-op threads), with
+``--upstream-python`` upstream's float32 forward of the same architecture (its interpreter, cwd ``/`` and no
+``PYTHONPATH``, since both packages are called ``rfdetr``), and with ``--compare`` our float32 forward from another
+checkout. The workers take turns, ``--iters`` timed forwards each per round, in a rotating order, so that the load
+changes of a shared machine hit every model alike; separate processes also keep one model's allocations from changing
+another's heap. Printed: medians in ms, the minor page faults per forward (memory handed back to the OS and faulted in
+again, a cost of allocation churn), the ratio of medians to upstream and the median of the per-round ratios (the
+steadier of the two on a noisy machine).
+
+The PyTorch forwards (ours and upstream's) are the full eval forward (auxiliary and encoder outputs included, as
+``predict`` runs it) on the same random input; the ONNX graph is the export graph (last decoder layer only).
 """
 
 from __future__ import annotations
@@ -20,103 +26,177 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
+REPO = Path(__file__).resolve().parent.parent
 
-from rfdetr.config import get_preset
-from rfdetr.models import build_model
-
-# Runs under the upstream interpreter: builds the same preset with random weights and times its eval forward.
-_UPSTREAM_SCRIPT = r"""
-import json, sys, time, warnings
+# Runs in every worker process. argv[1] is the JSON config; then each stdin line "n" asks for n timed forwards,
+# answered by one JSON line: the times in ms and the minor page faults they took; "0" (or EOF) ends the worker.
+_WORKER = r"""
+import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 import logging; logging.disable(logging.WARNING)
 import torch
-import rfdetr
 cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
 torch.manual_seed(0)
-model = getattr(rfdetr, cfg["upstream_name"])(pretrain_weights=None, resolution=cfg["resolution"])
-net = model.model.model.eval()
-x = torch.randn(cfg["batch"], 3, cfg["resolution"], cfg["resolution"])
-times = []
+res, batch = cfg["resolution"], cfg["batch"]
+x = torch.randn(batch, 3, res, res)
+if cfg["impl"] == "upstream":
+    import rfdetr
+    net = getattr(rfdetr, cfg["upstream_name"])(pretrain_weights=None, resolution=res).model.model.eval()
+    run = lambda: net(x)
+else:
+    from rfdetr.config import get_preset
+    from rfdetr.models import build_model
+    net = build_model(get_preset(cfg["size"]).replace(resolution=res)).eval()
+    if cfg["impl"] == "onnx":
+        import tempfile, onnxruntime as ort
+        from rfdetr.onnx_export import export_onnx
+        path = export_onnx(net, tempfile.mkdtemp(prefix="bench_onnx_") + "/model.onnx", res)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = cfg["threads"], 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {"input": x.numpy()}
+        run = lambda: session.run(None, feed)
+    elif cfg["impl"] == "bf16":
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return net(x)
+    else:
+        run = lambda: net(x)
 with torch.inference_mode():
     for _ in range(cfg["warmup"]):
-        net(x)
-    for _ in range(cfg["iters"]):
-        t = time.perf_counter(); net(x); times.append((time.perf_counter() - t) * 1000)
-print(json.dumps({"version": rfdetr.__version__ if hasattr(rfdetr, "__version__") else "?", "times": times}))
+        run()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        if n <= 0:
+            break
+        times = []
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(n):
+            t = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t) * 1000)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        print(json.dumps({"times": times, "faults": faults}), flush=True)
 """
 
 
-def time_ours(size: str, resolution: int, batch: int, iters: int, warmup: int,
-              dtype: torch.dtype) -> list[float]:
-    """Per-iteration forward times (ms) of our model for ``size``."""
-    cfg = get_preset(size).replace(resolution=resolution)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    x = torch.randn(batch, 3, resolution, resolution)
-    times = []
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-    with torch.inference_mode(), autocast:
-        for _ in range(warmup):
-            model(x)
-        for _ in range(iters):
-            t = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t) * 1000)
-    return times
+@dataclass
+class Worker:
+    """One model in its own process; :meth:`time` runs ``n`` forwards there and returns their times in ms."""
+
+    name: str
+    python: str
+    config: dict
+    pythonpath: str | None
+    iters_scale: float = 1.0
+    times: list[float] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)
+    faults: int = 0
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        if self.pythonpath:
+            env["PYTHONPATH"] = self.pythonpath
+        # cwd "/": nothing in the working directory may shadow the package the worker is meant to import.
+        self.proc = subprocess.Popen(
+            [self.python, "-c", _WORKER, json.dumps(self.config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+            env=env,
+        )
+        self._read()
+
+    def time(self, n: int) -> list[float]:
+        n = max(1, round(n * self.iters_scale))
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        times = answer["times"]
+        self.faults += answer["faults"]
+        self.times += times
+        self.rounds.append(statistics.median(times))
+        return times
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("0\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+    def _read(self) -> object:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=60)
+            raise RuntimeError(f"benchmark worker {self.name!r} failed:\n{self.proc.stderr.read()[-3000:]}")
+        return json.loads(line)
 
 
-def export_ours(size: str, resolution: int, folder: Path) -> Path:
-    """Our model for ``size`` (the weights of :func:`time_ours`) exported to ONNX at ``resolution``."""
-    from rfdetr.onnx_export import export_onnx
+def make_workers(args: argparse.Namespace, size: str, resolution: int) -> list[Worker]:
+    """The workers for one preset, in report order; upstream (when asked for) is the last."""
+    from rfdetr.config import get_preset
 
-    cfg = get_preset(size).replace(resolution=resolution)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    return export_onnx(model, folder / f"{size}_{resolution}.onnx", resolution)
-
-
-def onnx_session(path: Path, threads: int) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def time_onnx(session: Any, resolution: int, batch: int, iters: int, warmup: int) -> list[float]:
-    """Per-iteration onnxruntime run times (ms) of an exported model (fixed batch ``batch``)."""
-    x = torch.randn(batch, 3, resolution, resolution).numpy()
-    times = []
-    for _ in range(warmup):
-        session.run(None, {"input": x})
-    for _ in range(iters):
-        t = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append((time.perf_counter() - t) * 1000)
-    return times
+    base = {
+        "size": size,
+        "resolution": resolution,
+        "batch": args.batch,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "upstream_name": get_preset(size).upstream_name,
+    }
+    ours = str(REPO)
+    workers = [Worker("ours fp32", sys.executable, {**base, "impl": "ours"}, ours)]
+    for path in args.compare:
+        workers.append(Worker(f"ours fp32 @ {path}", sys.executable, {**base, "impl": "ours"}, str(path)))
+    if not args.no_bf16:
+        # bf16 can be several times slower than fp32 on CPUs without native bf16: fewer iterations per round.
+        workers.append(Worker("ours bf16", sys.executable, {**base, "impl": "bf16"}, ours, iters_scale=0.34))
+    if args.onnx:
+        workers.append(Worker("onnxruntime fp32", sys.executable, {**base, "impl": "onnx"}, ours))
+    if args.upstream_python:
+        workers.append(Worker("upstream 1.11.2 fp32", args.upstream_python, {**base, "impl": "upstream"}, None))
+    return workers
 
 
-def time_upstream(python: str, size: str, resolution: int, batch: int, iters: int, warmup: int,
-                  threads: int) -> list[float]:
-    """Per-iteration forward times (ms) of upstream rfdetr, run under ``python``."""
-    cfg = {"upstream_name": get_preset(size).upstream_name, "resolution": resolution, "batch": batch,
-           "iters": iters, "warmup": warmup, "threads": threads}
-    # cwd "/" and no PYTHONPATH, so that our own rfdetr/ folder cannot shadow upstream's.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([python, "-c", _UPSTREAM_SCRIPT, json.dumps(cfg)], capture_output=True, text=True,
-                          cwd="/", env=env, timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"upstream benchmark failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["times"]
+def measure(workers: list[Worker], rounds: int, iters: int) -> None:
+    """Start the workers, then ``rounds`` rounds of ``iters`` forwards each, the order rotating every round."""
+    try:
+        for worker in workers:
+            worker.start()
+        for r in range(rounds):
+            shift = r % len(workers)
+            for worker in workers[shift:] + workers[:shift]:
+                worker.time(iters)
+    finally:
+        for worker in workers:
+            if hasattr(worker, "proc"):
+                worker.stop()
+
+
+def report(size: str, resolution: int, workers: list[Worker], upstream: Worker | None) -> str:
+    """Medians (ms) and, with upstream, the ratio of medians and the median per-round ratio."""
+    lines = [f"{size} @ {resolution}:"]
+    for worker in workers:
+        faults = worker.faults / len(worker.times)
+        line = (
+            f"  {worker.name:<28} median {statistics.median(worker.times):8.1f} ms  ({len(worker.times)} runs, "
+            f"{faults:.0f} page faults per forward)"
+        )
+        if upstream is not None and worker is not upstream:
+            ratio = statistics.median(worker.times) / statistics.median(upstream.times)
+            per_round = statistics.median(a / b for a, b in zip(worker.rounds, upstream.rounds, strict=True))
+            line += f"  vs upstream {ratio:.2f}x (per-round median {per_round:.2f}x)"
+        lines.append(line)
+    if upstream is not None:
+        lines.append("  (fp32 target: ours <= 0.80x upstream)")
+    return "\n".join(lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -125,57 +205,51 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, default=None, help="default: each preset's own")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=10, help="timed iterations per round")
+    parser.add_argument("--iters", type=int, default=3, help="timed forwards per worker and round")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating ours/upstream rounds")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of turns between the workers")
     parser.add_argument("--onnx", action="store_true", help="also time the ONNX export in onnxruntime")
-    parser.add_argument("--upstream-python", "--upstream_python", dest="upstream_python", default=None,
-                        help="python of a venv with rfdetr==1.11.2, to time upstream in the same run")
+    parser.add_argument("--no-bf16", "--no_bf16", dest="no_bf16", action="store_true", help="skip the bf16 worker")
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="other checkouts of this repo whose fp32 forward is timed alongside (A/B)",
+    )
+    parser.add_argument(
+        "--upstream-python",
+        "--upstream_python",
+        dest="upstream_python",
+        default=None,
+        help="python of a venv with rfdetr==1.11.2, to time upstream in the same run",
+    )
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
     if args.upstream_python and not Path(args.upstream_python).exists():
         print(f"--upstream-python {args.upstream_python} does not exist", file=sys.stderr)
         return 2
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, medians over "
-          f"{args.rounds}x{args.iters} iterations")
-    with tempfile.TemporaryDirectory(prefix="bench_onnx_") as folder:
-        for size in args.size:
-            res = args.resolution or get_preset(size).resolution
-            session = onnx_session(export_ours(size, res, Path(folder)), args.threads) if args.onnx else None
-            ours32: list[float] = []
-            ours16: list[float] = []
-            ort_times: list[float] = []
-            up: list[float] = []
-            for _ in range(args.rounds):
-                ours32 += time_ours(size, res, args.batch, args.iters, args.warmup, torch.float32)
-                ours16 += time_ours(size, res, args.batch, args.iters, args.warmup, torch.bfloat16)
-                if session is not None:
-                    ort_times += time_onnx(session, res, args.batch, args.iters, args.warmup)
-                if args.upstream_python:
-                    up += time_upstream(args.upstream_python, size, res, args.batch, args.iters, args.warmup,
-                                        args.threads)
-            print(_report(size, res, ours32, ours16, ort_times, up))
+    for path in args.compare:
+        if not (path / "rfdetr" / "__init__.py").is_file():
+            print(f"--compare {path}: no rfdetr package there (expected {path}/rfdetr/__init__.py)", file=sys.stderr)
+            return 2
+    import torch
+
+    from rfdetr.config import get_preset
+
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.rounds} rounds x "
+        f"{args.iters} forwards per worker, one process per model"
+    )
+    for size in args.size:
+        res = args.resolution or get_preset(size).resolution
+        workers = make_workers(args, size, res)
+        measure(workers, args.rounds, args.iters)
+        upstream = workers[-1] if args.upstream_python else None
+        print(report(size, res, workers, upstream), flush=True)
     return 0
-
-
-def _report(size: str, res: int, ours32: list[float], ours16: list[float], ort_times: list[float],
-            up: list[float]) -> str:
-    """One line of medians (ms) and ratios to upstream fp32."""
-    m32, m16 = statistics.median(ours32), statistics.median(ours16)
-    mu = statistics.median(up) if up else None
-    parts = [f"ours fp32 {m32:.1f} ms", f"ours bf16 {m16:.1f} ms"]
-    if ort_times:
-        parts.append(f"onnxruntime fp32 {statistics.median(ort_times):.1f} ms")
-    if mu is not None:
-        parts.append(f"upstream 1.11.2 fp32 {mu:.1f} ms")
-        ratios = [f"ours fp32 {m32 / mu:.2f}x", f"ours bf16 {m16 / mu:.2f}x"]
-        if ort_times:
-            ratios.append(f"onnxruntime {statistics.median(ort_times) / mu:.2f}x")
-        parts.append("vs upstream: " + ", ".join(ratios) + " (fp32 target <= 0.80x)")
-    return f"{size} @ {res}: " + ", ".join(parts)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ the CLS token, and most blocks attend inside a window only. "Global" blocks conc
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -169,11 +170,14 @@ class Block(nn.Module):
         self.layer_scale2 = LayerScale(width)
         self.global_attention = global_attention
 
-    def forward(self, x: torch.Tensor, windows_per_image: int) -> torch.Tensor:
-        """Args: x [B * nw^2, T, C] windowed tokens. Returns: same shape.
+    def forward(self, x: torch.Tensor, windows_per_image: int, workspace: Workspace | None = None) -> torch.Tensor:
+        """Args: x [B * nw^2, T, C] windowed tokens; ``workspace``: buffers for the no-autograd CPU path.
+        Returns: same shape.
 
         Without an autograd graph the residual stream ``x`` is updated in place (one buffer for all blocks).
         """
+        if workspace is not None:
+            return self._forward_into(x, windows_per_image, workspace)
         h = self.norm1(x)
         if self.global_attention and windows_per_image > 1:
             # Windows of one image are consecutive in the batch, so a reshape concatenates them in window order
@@ -186,10 +190,86 @@ class Block(nn.Module):
         x = _scaled_residual(x, h, self.layer_scale1.lambda1)
         return _scaled_residual(x, self.mlp(self.norm2(x)), self.layer_scale2.lambda1)
 
+    def _forward_into(self, x: torch.Tensor, windows_per_image: int, ws: Workspace) -> torch.Tensor:
+        """The same block with every large intermediate written into ``ws`` and ``x`` updated in place.
+
+        Upstream's kernels here: ``addmm`` with the bias and separate q/k/v products, which on CPU beat the fused
+        product of :meth:`forward` once nothing is allocated (outputs agree to float rounding, ~1e-6).
+        """
+        num_win, tokens, width = x.shape
+        flat = x.view(-1, width)
+        attn = self.attention.attention
+        h = ws.layer_norm(x, self.norm1).view(-1, width)
+        groups = num_win // windows_per_image if self.global_attention and windows_per_image > 1 else num_win
+        shape = (groups, -1, attn.num_heads, width // attn.num_heads)
+        q, k, v = (
+            torch.addmm(lin.bias, h, lin.weight.t(), out=buf).view(shape).transpose(1, 2)
+            for lin, buf in zip((attn.query, attn.key, attn.value), ws.qkv, strict=True)
+        )
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, width)
+        dense = self.attention.output.dense
+        flat.addcmul_(torch.addmm(dense.bias, out, dense.weight.t(), out=ws.proj), self.layer_scale1.lambda1)
+        h = ws.layer_norm(x, self.norm2).view(-1, width)
+        hidden = torch.addmm(self.mlp.fc1.bias, h, self.mlp.fc1.weight.t(), out=ws.hidden)
+        torch.ops.aten.gelu_(hidden)
+        fc2 = self.mlp.fc2
+        flat.addcmul_(torch.addmm(fc2.bias, hidden, fc2.weight.t(), out=ws.proj), self.layer_scale2.lambda1)
+        return x
+
+
+class Workspace:
+    """Reusable buffers for :meth:`Block._forward_into` (inference on the CPU).
+
+    PyTorch's CPU allocator hands every large intermediate back to the C library, which returns the top of the heap
+    to the OS; the next forward faults all of it in again, page by page (thousands of page faults per forward, 10-20%
+    of a nano forward on a 2-core machine). Keeping the per-block buffers alive between forwards avoids that. One
+    workspace per thread (forwards in one thread never overlap), for the last token layout only.
+    """
+
+    _local = threading.local()
+
+    def __init__(self, tokens: int, width: int, hidden: int, like: torch.Tensor) -> None:
+        self.key = self.make_key(tokens, width, hidden, like)
+        self.ln = like.new_empty(tokens, width)
+        self.mean = like.new_empty(tokens, 1)
+        self.rstd = like.new_empty(tokens, 1)
+        self.qkv = [like.new_empty(tokens, width) for _ in range(3)]
+        self.proj = like.new_empty(tokens, width)
+        self.hidden = like.new_empty(tokens, hidden)
+
+    @staticmethod
+    def make_key(tokens: int, width: int, hidden: int, like: torch.Tensor) -> tuple:
+        # Inference-mode tensors cannot be written outside inference mode, so the mode is part of the key.
+        return tokens, width, hidden, like.dtype, like.device, torch.is_inference_mode_enabled()
+
+    @classmethod
+    def get(cls, tokens: int, width: int, hidden: int, like: torch.Tensor) -> Workspace:
+        """This thread's workspace for ``tokens`` x ``width`` rows (replaced when the layout changes)."""
+        current = getattr(cls._local, "workspace", None)
+        if current is None or current.key != cls.make_key(tokens, width, hidden, like):
+            cls._local.workspace = None  # free the old buffers before allocating the new ones
+            current = cls._local.workspace = cls(tokens, width, hidden, like)
+        return current
+
+    def layer_norm(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """``norm(x)`` written into the workspace; returns a view shaped like ``x``."""
+        torch.ops.aten.native_layer_norm.out(
+            x.view(-1, x.shape[-1]),
+            norm.normalized_shape,
+            norm.weight,
+            norm.bias,
+            norm.eps,
+            out0=self.ln,
+            out1=self.mean,
+            out2=self.rstd,
+        )
+        return self.ln.view(x.shape)
+
 
 def _scaled_residual(x: torch.Tensor, update: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x + scale * update`` in one pass; in place on the residual stream when no autograd graph needs ``x``."""
-    if x.requires_grad or update.requires_grad or scale.requires_grad:
+    # Grad mode, not ``requires_grad``: an eval model's parameters still require grad under no_grad/inference_mode.
+    if torch.is_grad_enabled() and (x.requires_grad or update.requires_grad or scale.requires_grad):
         return torch.addcmul(x, update, scale)
     return x.addcmul_(update, scale)
 
@@ -259,12 +339,30 @@ class WindowedDinov2(nn.Module):
         x = self._window(self.embeddings(pixels), grid_h, grid_w)
         windows_per_image = self.num_windows**2
         taps = set(self.out_feature_indexes)
+        workspace = None
+        if self._use_workspace(x):
+            mlp = self.encoder.layer[0].mlp.fc1
+            workspace = Workspace.get(x.shape[0] * x.shape[1], x.shape[2], mlp.out_features, x)
         features = []
         for index, block in enumerate(self.encoder.layer):
-            x = block(x, windows_per_image)
+            x = block(x, windows_per_image, workspace)
             if index + 1 in taps:
                 features.append(self._unwindow(self.layernorm(x)[:, 1:], grid_h, grid_w))
         return features
+
+    def _use_workspace(self, x: torch.Tensor) -> bool:
+        """Eager float32 CPU inference only (eval mode, no autograd): autograd needs the intermediates, autocast
+        changes the dtypes, and a traced or compiled graph must not capture per-thread buffers (nor could ONNX
+        express ``out=``). Train mode keeps the training kernels even under ``no_grad``."""
+        return (
+            not self.training
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+        )
 
     def _window(self, tokens: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
         """[B, 1 + Hp*Wp, C] -> [B * nw^2, 1 + Hp*Wp/nw^2, C]; window index b*nw^2 + row*nw + col."""

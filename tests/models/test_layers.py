@@ -146,3 +146,110 @@ def test_window_partition_round_trip(grid_h: int, grid_w: int, num_windows: int)
     torch.testing.assert_close(windows[last, 0], tokens[1, 0])
     unwindowed = vit._unwindow(windows[:, 1:], grid_h, grid_w)
     torch.testing.assert_close(unwindowed, patches.permute(0, 3, 1, 2))
+
+
+def _small_vit() -> WindowedDinov2:
+    torch.manual_seed(0)
+    vit = WindowedDinov2(16, 4, 2, patch_size=4, pos_grid=4, num_windows=2, out_feature_indexes=(1, 2, 4))
+    for block in vit.encoder.layer:  # non-trivial layer scales and norms, so every term of the block matters
+        for param in (block.layer_scale1.lambda1, block.layer_scale2.lambda1, block.norm1.weight, block.norm2.bias):
+            nn.init.uniform_(param, 0.5, 1.5)
+    return vit.eval()
+
+
+def test_vit_inference_workspace_path_matches_autograd_path() -> None:
+    """Without autograd the blocks write into a per-thread Workspace; the taps equal the autograd forward's."""
+    from rfdetr.models.dinov2 import Workspace
+
+    vit = _small_vit()
+    for size in (16, 24, 16):  # a new token layout replaces the workspace; going back replaces it again
+        pixels = torch.randn(2, 3, size, size)
+        expected = vit(pixels)  # grad mode: the plain path
+        assert expected[0].requires_grad
+        with torch.no_grad():
+            got = vit(pixels)
+        workspace = Workspace._local.workspace
+        assert workspace is not None and workspace.key[0] == 2 * 4 * (1 + (size // 8) ** 2)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+        # inference_mode gets its own buffers (inference tensors cannot be written outside inference mode), and
+        # no_grad afterwards must still work.
+        with torch.inference_mode():
+            got = vit(pixels)
+        assert Workspace._local.workspace.key[-1] is True
+        with torch.no_grad():
+            again = vit(pixels)
+        for a, b, c in zip(got, again, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            torch.testing.assert_close(a, c.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_vit_workspace_only_for_eval_inference() -> None:
+    """Train mode (even under no_grad), grad mode and tracing keep the plain path."""
+    from rfdetr.models.dinov2 import Workspace
+
+    vit = _small_vit()
+    pixels = torch.randn(1, 3, 16, 16)
+    Workspace._local.workspace = None
+    vit.train()
+    with torch.no_grad():
+        vit(pixels)
+    vit.eval()
+    vit(pixels)
+    with torch.no_grad():
+        torch.jit.trace(vit, pixels, strict=False, check_trace=False)
+    assert Workspace._local.workspace is None
+    with torch.no_grad():
+        vit(pixels)
+    assert Workspace._local.workspace is not None
+
+
+def test_vit_workspace_outputs_do_not_alias_the_buffers() -> None:
+    """A second forward must not change the first forward's outputs (they live outside the workspace)."""
+    vit = _small_vit()
+    with torch.no_grad():
+        first = [t.clone() for t in vit(torch.randn(1, 3, 16, 16))]
+        kept = vit(torch.randn(1, 3, 16, 16))
+        kept_copy = [t.clone() for t in kept]
+        vit(torch.randn(1, 3, 16, 16))
+    for a, b in zip(kept, kept_copy, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(first[0], kept_copy[0])
+
+
+def test_vit_workspace_is_per_thread() -> None:
+    """Concurrent forwards in two threads each use their own buffers and give the single-thread result."""
+    import threading
+
+    vit = _small_vit()
+    inputs = [torch.randn(2, 3, 16, 16) for _ in range(2)]
+    with torch.no_grad():
+        expected = [vit(x)[-1] for x in inputs]
+    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+
+    def work(index: int) -> None:
+        with torch.no_grad():
+            for _ in range(20):
+                results[index].append(vit(inputs[index])[-1])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index in range(2):
+        assert len(results[index]) == 20
+        for out in results[index]:
+            torch.testing.assert_close(out, expected[index], rtol=0, atol=0)
+
+
+def test_vit_bf16_autocast_skips_the_workspace() -> None:
+    """Under CPU autocast the linears run in bf16, so the fp32 workspace path must not be taken."""
+    vit = _small_vit()
+    pixels = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        reference = vit(pixels)[-1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = vit(pixels)[-1]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, rtol=0.1, atol=0.1)
