@@ -1,14 +1,16 @@
-"""How fast can an exact RF-DETR forward be on this CPU? The dense-GEMM floor next to ours and upstream's forward.
+"""How fast can an exact RF-DETR forward be on this CPU? The kernel floor next to ours and upstream's forward.
 
     python bench/bench_gemm_floor.py --size nano --upstream-python /path/to/venv-with-rfdetr/bin/python
 
-The ViT linears of an RF-DETR forward are a fixed amount of arithmetic (nano at 384: ~25 GFLOP), set by the
-architecture; an implementation with upstream's outputs cannot skip any of it. This benchmark records every matrix
-multiply (``mm``/``addmm``/``bmm``/``linear``) our forward issues, with its shapes, then times those same products in
-isolation, back to back, with the same thread count: their sum is a floor no exact fp32 implementation on this
-machine and BLAS can beat. It prints the floor, our forward and (with ``--upstream-python``) upstream's forward from
-bench_inference.py's worker processes (interleaved), and the best ratio to upstream the floor allows.
-"""
+The ViT linears and attention of an RF-DETR forward are a fixed amount of arithmetic (nano at 384: ~25 GFLOP of
+GEMMs, ~3 GFLOP of attention), set by the architecture; an implementation with upstream's outputs cannot skip any of
+it. This benchmark records every matrix multiply (``mm``/``addmm``/``bmm``) and every
+``scaled_dot_product_attention`` call our forward issues, with their shapes, then times those same calls in
+isolation, back to back, with the same thread count: their sum is a floor no exact fp32 implementation using this
+machine's BLAS and PyTorch's attention kernel can beat (convolutions, norms and the rest come on top). For scale it
+also prints the BLAS's rate on one large square GEMM. It prints the floor, our forward and (with
+``--upstream-python``) upstream's forward from bench_inference.py's worker processes (interleaved), and the best
+ratio to upstream the floor allows."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,6 +32,7 @@ from rfdetr.config import get_preset  # noqa: E402
 from rfdetr.models import build_model  # noqa: E402
 
 _GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm"}
+_ATTENTION_OP = "aten::scaled_dot_product_attention"
 
 
 def gemm_shapes(size: str, resolution: int, batch: int) -> Counter:
@@ -42,31 +46,13 @@ def gemm_shapes(size: str, resolution: int, batch: int) -> Counter:
             model(x)
     calls: Counter = Counter()
     for event in prof.events():
-        if event.name in _GEMM_OPS:
+        if event.name in _GEMM_OPS or event.name == _ATTENTION_OP:
             calls[(event.name, tuple(tuple(s) for s in event.input_shapes))] += 1
     return calls
 
 
-def time_gemms(calls: Counter, iters: int) -> tuple[float, float]:
-    """(median ms of all recorded GEMMs run back to back, GFLOP per forward)."""
-    work = []
-    gflop = 0.0
-    for (name, shapes), count in calls.items():
-        if name == "aten::mm":
-            a, b = torch.randn(shapes[0]), torch.randn(shapes[1])
-            m, k, n = shapes[0][0], shapes[0][1], shapes[1][1]
-            work += [lambda a=a, b=b: torch.mm(a, b)] * count
-            gflop += 2 * m * k * n * count / 1e9
-        elif name == "aten::addmm":
-            bias, a, b = torch.randn(shapes[0]), torch.randn(shapes[1]), torch.randn(shapes[2])
-            m, k, n = shapes[1][0], shapes[1][1], shapes[2][1]
-            work += [lambda bias=bias, a=a, b=b: torch.addmm(bias, a, b)] * count
-            gflop += 2 * m * k * n * count / 1e9
-        elif name == "aten::bmm":
-            a, b = torch.randn(shapes[0]), torch.randn(shapes[1])
-            bs, m, k, n = shapes[0][0], shapes[0][1], shapes[0][2], shapes[1][2]
-            work += [lambda a=a, b=b: torch.bmm(a, b)] * count
-            gflop += 2 * bs * m * k * n * count / 1e9
+def _timed(work: list, iters: int) -> float:
+    """Median ms of running every callable in ``work`` back to back (2 warm-up passes)."""
     times = []
     with torch.inference_mode():
         for i in range(iters + 2):
@@ -75,7 +61,44 @@ def time_gemms(calls: Counter, iters: int) -> tuple[float, float]:
                 fn()
             if i >= 2:
                 times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), gflop
+    return statistics.median(times)
+
+
+def time_kernels(calls: Counter, iters: int) -> dict[str, float]:
+    """Times (median ms) and GFLOP per forward of the recorded GEMMs and attention calls, each run in isolation.
+
+    Returns keys ``gemm_ms``, ``gemm_gflop``, ``attention_ms``, ``attention_gflop``.
+    """
+    gemms: list = []
+    attention: list = []
+    gflop = attention_gflop = 0.0
+    for (name, shapes), count in calls.items():
+        if name == "aten::mm":
+            a, b = torch.randn(shapes[0]), torch.randn(shapes[1])
+            m, k, n = shapes[0][0], shapes[0][1], shapes[1][1]
+            gemms += [lambda a=a, b=b: torch.mm(a, b)] * count
+            gflop += 2 * m * k * n * count / 1e9
+        elif name == "aten::addmm":
+            bias, a, b = torch.randn(shapes[0]), torch.randn(shapes[1]), torch.randn(shapes[2])
+            m, k, n = shapes[1][0], shapes[1][1], shapes[2][1]
+            gemms += [lambda bias=bias, a=a, b=b: torch.addmm(bias, a, b)] * count
+            gflop += 2 * m * k * n * count / 1e9
+        elif name == _ATTENTION_OP:
+            # Same q/k/v shapes through the same kernel (SDPA picks it from the shapes); FLOPs: QK^T and AV.
+            q, k, v = (torch.randn(shape) for shape in shapes[:3])
+            attention += [lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v)] * count
+            attention_gflop += 4 * q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * q.shape[-1] * count / 1e9
+        elif name == "aten::bmm":
+            a, b = torch.randn(shapes[0]), torch.randn(shapes[1])
+            bs, m, k, n = shapes[0][0], shapes[0][1], shapes[0][2], shapes[1][2]
+            gemms += [lambda a=a, b=b: torch.bmm(a, b)] * count
+            gflop += 2 * bs * m * k * n * count / 1e9
+    return {
+        "gemm_ms": _timed(gemms, iters),
+        "gemm_gflop": gflop,
+        "attention_ms": _timed(attention, iters),
+        "attention_gflop": attention_gflop,
+    }
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -93,7 +116,11 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     res = args.resolution or get_preset(args.size).resolution
     calls = gemm_shapes(args.size, res, args.batch)
-    floor, gflop = time_gemms(calls, args.iters)
+    kernels = time_kernels(calls, args.iters)
+    square = torch.randn(2048, 2048)
+    peak = 2 * 2048**3 / _timed([lambda: torch.mm(square, square)], 5) / 1e6
+    gemm, gflop = kernels["gemm_ms"], kernels["gemm_gflop"]
+    floor = gemm + kernels["attention_ms"]
     base = {"size": args.size, "resolution": res, "batch": args.batch, "threads": args.threads, "warmup": 2,
             "upstream_name": get_preset(args.size).upstream_name}
     workers = [Worker("ours", sys.executable, {**base, "impl": "ours"}, str(Path(__file__).resolve().parent.parent))]
@@ -101,12 +128,17 @@ def main(args: argparse.Namespace) -> int:
         workers.append(Worker("upstream", args.upstream_python, {**base, "impl": "upstream"}, None))
     measure(workers, rounds=max(1, args.iters // 3), iters=3)
     ours = statistics.median(workers[0].times)
-    line = (f"{args.size} @ {res}, batch {args.batch}, {args.threads} threads: {sum(calls.values())} GEMMs, "
-            f"{gflop:.1f} GFLOP; GEMM floor {floor:.1f} ms ({gflop / floor * 1000:.0f} GFLOP/s), "
-            f"ours fp32 {ours:.1f} ms (GEMMs {floor / ours:.0%} of it)")
+    line = (
+        f"{args.size} @ {res}, batch {args.batch}, {args.threads} threads:\n"
+        f"  GEMMs: {sum(c for (n, _), c in calls.items() if n in _GEMM_OPS)} calls, {gflop:.1f} GFLOP, "
+        f"{gemm:.1f} ms in isolation ({gflop / gemm * 1000:.0f} GFLOP/s; a 2048^2 GEMM runs at {peak:.0f})\n"
+        f"  attention: {sum(c for (n, _), c in calls.items() if n == _ATTENTION_OP)} calls, "
+        f"{kernels['attention_gflop']:.1f} GFLOP, {kernels['attention_ms']:.1f} ms in isolation\n"
+        f"  floor (GEMMs + attention): {floor:.1f} ms; ours fp32 {ours:.1f} ms (the floor is {floor / ours:.0%} of it)"
+    )
     if args.upstream_python:
         up = statistics.median(workers[1].times)
-        line += f", upstream {up:.1f} ms: ours/upstream {ours / up:.2f}x, floor/upstream {floor / up:.2f}x"
+        line += f"\n  upstream {up:.1f} ms: ours/upstream {ours / up:.2f}x, floor/upstream {floor / up:.2f}x"
     print(line)
     return 0
 
