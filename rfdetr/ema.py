@@ -3,6 +3,10 @@
 After every optimizer step ``ema <- d_t * ema + (1 - d_t) * model`` over the whole ``state_dict`` (parameters and
 float buffers), with the warm-up ``d_t = decay * (1 - exp(-t / tau))`` and ``t = 1, 2, ...``. Unlike RF-DETR 1.4.1 the
 update counter is part of :meth:`ModelEMA.state_dict`, so a resumed run continues the exact decay sequence.
+
+Frozen parameters (``requires_grad=False``, e.g. the detector in stage 2) do not change, so their average is their
+value: they are copied once when first seen frozen and skipped afterwards, instead of being re-averaged every step
+(the same numbers, without a pass over most of the weights of a stage-2 model per step).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class ModelEMA:
         self.decay = decay
         self.tau = tau
         self.updates = 0
+        # Names of frozen parameters already equal to the model's (skipped until they become trainable again).
+        self._synced_frozen: set[str] = set()
 
     @property
     def current_decay(self) -> float:
@@ -58,15 +64,23 @@ class ModelEMA:
         """Fold the current weights of ``model`` (same architecture, same device) into the average."""
         self.updates += 1
         d = ema_decay(self.updates, self.decay, self.tau)
-        source = unwrap_model(model).state_dict(keep_vars=True)
+        source_model = unwrap_model(model)
+        source = source_model.state_dict(keep_vars=True)
+        frozen = {name for name, p in source_model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        self._synced_frozen &= frozen  # an unfrozen parameter is averaged again from now on
         averaged, current = [], []
         seen: set[int] = set()
         for name, ema_value in self.module.state_dict(keep_vars=True).items():
             if id(ema_value) in seen:
                 continue  # a tied tensor is listed under every name it has: average it only once
             seen.add(id(ema_value))
+            if name in self._synced_frozen:
+                continue
             value = source[name].detach()
-            if ema_value.is_floating_point():
+            if name in frozen:
+                ema_value.copy_(value)  # its average from now on, while it stays frozen
+                self._synced_frozen.add(name)
+            elif ema_value.is_floating_point():
                 averaged.append(ema_value)
                 current.append(value.to(ema_value.dtype))
             else:
@@ -82,6 +96,7 @@ class ModelEMA:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; a bare model ``state_dict`` (e.g. upstream's ``ema_model``) also works, but
         then the counter restarts at 0, repeating the warm-up as RF-DETR 1.4.1 does."""
+        self._synced_frozen.clear()  # the loaded weights may differ from the model's frozen ones: copy them again
         if "module" in state and "updates" in state:
             self.module.load_state_dict(state["module"])
             self.updates = int(state["updates"])

@@ -110,3 +110,43 @@ def test_state_round_trip_resumes_exactly() -> None:
     legacy.load_state_dict(ema.module.state_dict())  # upstream's bare `ema_model` weights
     assert legacy.updates == 0
     torch.testing.assert_close(legacy.module.linear.weight, ema.module.linear.weight)
+
+
+def test_frozen_parameters_follow_the_model_without_averaging() -> None:
+    """A frozen parameter's average is its value: copied once, then skipped; averaged again once unfrozen."""
+    model = Tiny()
+    model.linear.weight.requires_grad_(False)
+    ema = ModelEMA(model, decay=0.9, tau=0)
+    with torch.no_grad():
+        model.linear.weight.add_(1.0)  # changed while frozen (e.g. weights loaded after the EMA was made)
+    before_bias = ema.module.linear.bias.detach().clone()
+    model.perturb(3)  # also moves the frozen weight: the EMA copies it rather than averaging it
+    ema.update(model)
+    torch.testing.assert_close(ema.module.linear.weight, model.linear.weight, rtol=0, atol=0)
+    torch.testing.assert_close(ema.module.linear.bias, 0.9 * before_bias + 0.1 * model.linear.bias.detach())
+    assert ema._synced_frozen == {"linear.weight"}
+
+    ema.module.linear.weight.data.fill_(7.0)  # a synced frozen parameter is not touched any more
+    ema.update(model)
+    assert bool((ema.module.linear.weight == 7.0).all())
+
+    model.linear.weight.requires_grad_(True)  # unfrozen: averaged from its EMA value on
+    ema.update(model)
+    torch.testing.assert_close(ema.module.linear.weight, 0.9 * 7.0 + 0.1 * model.linear.weight.detach())
+
+
+def test_frozen_parameters_give_the_same_average_as_full_averaging() -> None:
+    """Stage 2's case: frozen weights never change, so skipping them leaves every EMA tensor bit-identical."""
+    full, skip = Tiny(), Tiny()
+    skip.load_state_dict(full.state_dict())
+    skip.linear.weight.requires_grad_(False)
+    ema_full, ema_skip = ModelEMA(full, decay=0.9, tau=5), ModelEMA(skip, decay=0.9, tau=5)
+    for step in range(4):
+        with torch.no_grad():
+            for model in (full, skip):
+                model.linear.bias.add_(float(step))
+                model.running.add_(1.0)
+        ema_full.update(full)
+        ema_skip.update(skip)
+    for key, value in ema_full.module.state_dict().items():
+        torch.testing.assert_close(ema_skip.module.state_dict()[key], value, rtol=0, atol=0)
