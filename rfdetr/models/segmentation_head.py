@@ -26,10 +26,16 @@ class DepthwiseConvBlock(nn.Module):
         self.pwconv1 = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x [B, D, H, W]. Returns: [B, D, H, W]."""
-        y = self.dwconv(x).permute(0, 2, 3, 1)  # NHWC so LayerNorm / Linear act on channels
-        y = F.gelu(self.pwconv1(self.norm(y)))
-        return x + y.permute(0, 3, 1, 2)
+        """Args: x [B, D, H, W]. Returns: [B, D, H, W] (channels-last in memory at inference)."""
+        if torch.is_grad_enabled() or self.training:
+            y = self.dwconv(x).permute(0, 2, 3, 1)  # NHWC so LayerNorm / Linear act on channels
+            y = F.gelu(self.pwconv1(self.norm(y)))
+            return x + y.permute(0, 3, 1, 2)
+        # Inference: a channels-last conv output makes the NHWC view contiguous, so LayerNorm and the Linear need no
+        # copy, and GELU and the residual run in place: two [B, H, W, D] buffers per block instead of five.
+        y = self.dwconv(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
+        y = torch.ops.aten.gelu_(self.pwconv1(self.norm(y)))
+        return y.add_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class MLPBlock(nn.Module):
@@ -91,7 +97,11 @@ class SegmentationHead(nn.Module):
         """
         factors = self.factorised(pixels, query_features)
         batch, dim, height, width = pixels.shape
-        logits = torch.baddbmm(factors.bias.unsqueeze(-1), factors.query_features, pixels.reshape(batch, dim, -1))
+        if pixels.is_contiguous():
+            flat = pixels.reshape(batch, dim, -1)
+        else:  # channels-last (inference blocks): the transposed [B, HW, D] view, which BLAS reads without a copy
+            flat = pixels.permute(0, 2, 3, 1).reshape(batch, -1, dim).transpose(1, 2)
+        logits = torch.baddbmm(factors.bias.unsqueeze(-1), factors.query_features, flat)
         return logits.view(batch, -1, height, width)
 
     def forward(

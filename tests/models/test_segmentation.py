@@ -124,3 +124,25 @@ def test_factorised_masks_equal_the_per_pixel_projection() -> None:
     projected = head.spatial_features_proj(pixels)  # [B, D, h, w], upstream's order of operations
     expected = torch.einsum("bchw,bnc->bnhw", projected, head.project_queries(queries)) + head.bias
     torch.testing.assert_close(head.masks(pixels, queries), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_seg_head_inference_path_matches_autograd_path() -> None:
+    """Eval without autograd runs the depthwise blocks channels-last and in place; same logits as with autograd."""
+    from rfdetr.models.segmentation_head import SegmentationHead
+
+    torch.manual_seed(4)
+    head = SegmentationHead(dim=16, num_blocks=3).eval()
+    for param in head.parameters():
+        torch.nn.init.normal_(param, std=0.3)
+    features, queries = torch.randn(2, 16, 5, 6), [torch.randn(2, 7, 16) for _ in range(3)]
+    features_before = features.clone()
+    expected = head(features, queries, (40, 48))
+    assert expected[0].requires_grad  # the autograd path
+    with torch.no_grad():
+        got = head(features, queries, (40, 48))
+        last = head.forward_last(features, queries[-1], (40, 48))
+    torch.testing.assert_close(features, features_before, rtol=0, atol=0)  # inputs untouched
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == (2, 7, 10, 12)
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, expected[-1].detach(), rtol=1e-5, atol=1e-5)
