@@ -199,7 +199,7 @@ class Block(nn.Module):
         num_win, tokens, width = x.shape
         flat = x.view(-1, width)
         attn = self.attention.attention
-        h = ws.layer_norm(x, self.norm1).view(-1, width)
+        h = self.norm1(x).view(-1, width)  # (native_layer_norm.out would allocate anyway, then copy)
         groups = num_win // windows_per_image if self.global_attention and windows_per_image > 1 else num_win
         shape = (groups, -1, attn.num_heads, width // attn.num_heads)
         q, k, v = (
@@ -209,7 +209,7 @@ class Block(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, width)
         dense = self.attention.output.dense
         flat.addcmul_(torch.addmm(dense.bias, out, dense.weight.t(), out=ws.proj), self.layer_scale1.lambda1)
-        h = ws.layer_norm(x, self.norm2).view(-1, width)
+        h = self.norm2(x).view(-1, width)
         hidden = torch.addmm(self.mlp.fc1.bias, h, self.mlp.fc1.weight.t(), out=ws.hidden)
         torch.ops.aten.gelu_(hidden)
         fc2 = self.mlp.fc2
@@ -230,9 +230,6 @@ class Workspace:
 
     def __init__(self, tokens: int, width: int, hidden: int, like: torch.Tensor) -> None:
         self.key = self.make_key(tokens, width, hidden, like)
-        self.ln = like.new_empty(tokens, width)
-        self.mean = like.new_empty(tokens, 1)
-        self.rstd = like.new_empty(tokens, 1)
         self.qkv = [like.new_empty(tokens, width) for _ in range(3)]
         self.proj = like.new_empty(tokens, width)
         self.hidden = like.new_empty(tokens, hidden)
@@ -250,20 +247,6 @@ class Workspace:
             cls._local.workspace = None  # free the old buffers before allocating the new ones
             current = cls._local.workspace = cls(tokens, width, hidden, like)
         return current
-
-    def layer_norm(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        """``norm(x)`` written into the workspace; returns a view shaped like ``x``."""
-        torch.ops.aten.native_layer_norm.out(
-            x.view(-1, x.shape[-1]),
-            norm.normalized_shape,
-            norm.weight,
-            norm.bias,
-            norm.eps,
-            out0=self.ln,
-            out1=self.mean,
-            out2=self.rstd,
-        )
-        return self.ln.view(x.shape)
 
 
 def _scaled_residual(x: torch.Tensor, update: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
