@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import Worker, measure  # noqa: E402
+from bench_inference import REPO, Worker, measure, worker_config  # noqa: E402
 
 from rfdetr.config import get_preset  # noqa: E402
 from rfdetr.models import build_model  # noqa: E402
@@ -121,9 +121,8 @@ def main(args: argparse.Namespace) -> int:
     peak = 2 * 2048**3 / _timed([lambda: torch.mm(square, square)], 5) / 1e6
     gemm, gflop = kernels["gemm_ms"], kernels["gemm_gflop"]
     floor = gemm + kernels["attention_ms"]
-    base = {"size": args.size, "resolution": res, "batch": args.batch, "threads": args.threads, "warmup": 2,
-            "upstream_name": get_preset(args.size).upstream_name}
-    workers = [Worker("ours", sys.executable, {**base, "impl": "ours"}, str(Path(__file__).resolve().parent.parent))]
+    base = worker_config(args.size, res, args.batch, args.threads, warmup=2)
+    workers = [Worker("ours", sys.executable, {**base, "impl": "ours"}, str(REPO))]
     if args.upstream_python:
         workers.append(Worker("upstream", args.upstream_python, {**base, "impl": "upstream"}, None))
     measure(workers, rounds=max(1, args.iters // 3), iters=3)

@@ -139,18 +139,23 @@ class Worker:
         return json.loads(line)
 
 
-def make_workers(args: argparse.Namespace, size: str, resolution: int) -> list[Worker]:
-    """The workers for one preset, in report order; upstream (when asked for) is the last."""
+def worker_config(size: str, resolution: int, batch: int, threads: int, warmup: int) -> dict:
+    """The worker settings shared by every implementation of one preset (add ``impl``)."""
     from rfdetr.config import get_preset
 
-    base = {
+    return {
         "size": size,
         "resolution": resolution,
-        "batch": args.batch,
-        "threads": args.threads,
-        "warmup": args.warmup,
+        "batch": batch,
+        "threads": threads,
+        "warmup": warmup,
         "upstream_name": get_preset(size).upstream_name,
     }
+
+
+def make_workers(args: argparse.Namespace, size: str, resolution: int) -> list[Worker]:
+    """The workers for one preset, in report order; upstream (when asked for) is the last."""
+    base = worker_config(size, resolution, args.batch, args.threads, args.warmup)
     ours = str(REPO)
     workers = [Worker("ours fp32", sys.executable, {**base, "impl": "ours"}, ours)]
     for path in args.compare:

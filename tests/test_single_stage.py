@@ -33,6 +33,7 @@ from rfdetr.single_stage import pretrained_name, single_stage_sizes
 from rfdetr.stage1 import build_criterion_for, detector_param_groups
 from rfdetr.train_config import SEGMENTATION_LOSS, OptimConfig
 from rfdetr.util.loggers import read_jsonl
+from tests.run_checks import assert_resume_matches_straight_run
 
 FAST = [
     "--pretrained",
@@ -147,16 +148,7 @@ def test_resume_equals_uninterrupted(four_images: Path, tmp_path: Path) -> None:
         == 0
     )
     straight = tmp_path / "straight" / f"seg_single_seg-tiny_{RESOLUTION}_1"
-    a, b = load_checkpoint_file(straight / "checkpoint.pth"), load_checkpoint_file(first / "checkpoint.pth")
-    assert a["epoch"] == b["epoch"] == 1
-    for key in ("model", "ema_model"):
-        for name, tensor in a[key].items():
-            torch.testing.assert_close(b[key][name], tensor, rtol=0, atol=1e-6, msg=f"{key}.{name}")
-    drop = ("train_epoch_time",)
-    log_a = [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(straight / "log.jsonl")]
-    log_b = [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(first / "log.jsonl")]
-    assert log_a == log_b
-    assert not (tmp_path / "unused").exists()
+    assert_resume_matches_straight_run(straight, first, tmp_path / "unused")
 
 
 def test_detector_size_trains_detector_and_mask_head(

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import shrink_head
 import train_detector_stage1
@@ -16,6 +15,7 @@ from rfdetr.config import TINY_CONFIG
 from rfdetr.data.synthetic import ANNOTATION_FILE
 from rfdetr.models import build_model
 from rfdetr.util.loggers import read_jsonl
+from tests.run_checks import assert_resume_matches_straight_run
 
 # Fast, deterministic settings for CPU: no augmentation or multi-scale, no workers, small batches.
 FAST = ["--size", "tiny", "--pretrained", "none", "--workers", "0", "--batch", "2", "--accum", "1",
@@ -75,16 +75,7 @@ def test_resume_equals_uninterrupted(synthetic_dir: Path, tmp_path: Path) -> Non
     assert run_stage1(synthetic_dir, tmp_path / "unused", "--epochs", "2", "--resume", str(first / "checkpoint.pth"),
                       *args) == 0
     straight = tmp_path / "straight" / "detector_tiny_64_1"
-    a, b = load_checkpoint_file(straight / "checkpoint.pth"), load_checkpoint_file(first / "checkpoint.pth")
-    assert a["epoch"] == b["epoch"] == 1
-    for key in ("model", "ema_model"):
-        for name, tensor in a[key].items():
-            torch.testing.assert_close(b[key][name], tensor, rtol=0, atol=1e-6, msg=f"{key}.{name}")
-    drop = ("train_epoch_time",)
-    log_a = [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(straight / "log.jsonl")]
-    log_b = [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(first / "log.jsonl")]
-    assert log_a == log_b
-    assert not (tmp_path / "unused").exists()  # a resumed run writes into its own folder
+    assert_resume_matches_straight_run(straight, first, tmp_path / "unused")
 
 
 def test_stage1_checkpoint_through_shrink_head(overfit_run: Path, four_images: Path, tmp_path: Path) -> None:
