@@ -159,7 +159,8 @@ def make_workers(args: argparse.Namespace, size: str, resolution: int) -> list[W
     ours = str(REPO)
     workers = [Worker("ours fp32", sys.executable, {**base, "impl": "ours"}, ours)]
     for path in args.compare:
-        workers.append(Worker(f"ours fp32 @ {path}", sys.executable, {**base, "impl": "ours"}, str(path)))
+        # Absolute: the workers run in "/", where a relative PYTHONPATH would silently import the installed package.
+        workers.append(Worker(f"ours fp32 @ {path}", sys.executable, {**base, "impl": "ours"}, str(path.resolve())))
     if not args.no_bf16:
         # bf16 can be several times slower than fp32 on CPUs without native bf16: fewer iterations per round.
         workers.append(Worker("ours bf16", sys.executable, {**base, "impl": "bf16"}, ours, iters_scale=0.34))
