@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from rfdetr.checkpoint import CheckpointError
-from rfdetr.surgery import SurgeryError, shrink_head_file
+from rfdetr.checkpoint.surgery import SurgeryError, shrink_head_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:

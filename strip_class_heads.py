@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from rfdetr.checkpoint import CheckpointError
-from rfdetr.surgery import SurgeryError, strip_class_heads_file
+from rfdetr.checkpoint.surgery import SurgeryError, strip_class_heads_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfdetr.cli import DEFAULT_PRETRAIN_EXCLUDE, add_training_arguments, detection_sizes, run_training_script
+from rfdetr.train.args import DEFAULT_PRETRAIN_EXCLUDE, add_training_arguments, detection_sizes, run_training_script
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rfdetr.stage1 import run
+    from rfdetr.train.stage1 import run
 
     return run_training_script("train_detector_stage1.py", run, args)
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfdetr.cli import add_training_arguments, run_training_script
 from rfdetr.models.mask_head import MASK_HEAD_KINDS
-from rfdetr.train_config import SEGMENTATION_LOSS
+from rfdetr.train.args import add_training_arguments, run_training_script
+from rfdetr.train.config import SEGMENTATION_LOSS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from rfdetr.single_stage import SINGLE_STAGE_PRETRAIN_EXCLUDE, SINGLE_STAGE_TRAIN_DEFAULTS, single_stage_sizes
+    from rfdetr.train.single_stage import SINGLE_STAGE_PRETRAIN_EXCLUDE, SINGLE_STAGE_TRAIN_DEFAULTS, single_stage_sizes
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_arguments(
@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rfdetr.single_stage import run
+    from rfdetr.train.single_stage import run
 
     return run_training_script("train_seg_single_stage.py", run, args)
 

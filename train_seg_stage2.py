@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfdetr.cli import add_training_arguments, detection_sizes, run_training_script
 from rfdetr.models.mask_head import MASK_HEAD_KINDS
-from rfdetr.train_config import SEGMENTATION_LOSS
+from rfdetr.train.args import add_training_arguments, detection_sizes, run_training_script
+from rfdetr.train.config import SEGMENTATION_LOSS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from rfdetr.stage2 import STAGE2_OPTIM_DEFAULTS, STAGE2_TRAIN_DEFAULTS
+    from rfdetr.train.stage2 import STAGE2_OPTIM_DEFAULTS, STAGE2_TRAIN_DEFAULTS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_arguments(parser, detection_sizes(), train_overrides=STAGE2_TRAIN_DEFAULTS,
@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rfdetr.stage2 import run
+    from rfdetr.train.stage2 import run
 
     return run_training_script("train_seg_stage2.py", run, args)
 

@@ -93,9 +93,9 @@ def worker(mode: str, size: str, resolution: int, batch: int, iters: int, warmup
     from rfdetr.models import build_model
     from rfdetr.models.mask_head import MaskHeadConfig, build_mask_head
     from rfdetr.models.segmenter import Segmenter
-    from rfdetr.optim import param_groups
-    from rfdetr.stage2 import build_stage2_criterion
-    from rfdetr.train_config import SEGMENTATION_LOSS
+    from rfdetr.train.config import SEGMENTATION_LOSS
+    from rfdetr.train.optim import param_groups
+    from rfdetr.train.stage2 import build_stage2_criterion
 
     cfg = get_preset(size).replace(resolution=resolution, num_classes=3)
     torch.manual_seed(0)

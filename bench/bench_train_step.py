@@ -24,7 +24,7 @@ from upstream_step import time_upstream_step
 from rfdetr.config import get_preset
 from rfdetr.losses import build_criterion
 from rfdetr.models import build_model
-from rfdetr.optim import make_adamw, param_groups
+from rfdetr.train.optim import make_adamw, param_groups
 
 
 def make_batch(resolution: int, batch: int, seg: bool, seed: int = 0) -> tuple[torch.Tensor, list[dict]]:

@@ -73,8 +73,8 @@ def _only_run(root: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
+    from rfdetr.deploy.visualize import render_detections
     from rfdetr.detr import RFDETR
-    from rfdetr.visualize import render_detections
 
     out = Path(args.output).resolve()
     dataset = write_synthetic_dataset(out / "dataset", SyntheticSpec(seed=args.seed))

@@ -25,7 +25,6 @@ from torch import nn
 
 from rfdetr import __version__ as rfdetr_version
 from rfdetr.checkpoint import (
-    CLASS_BIAS_KEY,
     CheckpointError,
     LoadReport,
     checkpoint_class_names,
@@ -34,10 +33,15 @@ from rfdetr.checkpoint import (
     load_checkpoint_file,
     load_into,
 )
-from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFIG, ModelConfig, get_preset
+from rfdetr.checkpoint.loading import attach_mask_head, model_config_for_checkpoint, resolve_class_names, split_stage2
+from rfdetr.checkpoint.weights import PRESET_WEIGHTS, resolve_weights
+from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFIG, ModelConfig
 from rfdetr.data.coco_classes import COCO_CLASSES
-from rfdetr.detections import Detections
-from rfdetr.inference import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
+from rfdetr.deploy.detections import Detections
+from rfdetr.deploy.formats import EXPORT_FORMATS
+from rfdetr.deploy.formats.onnx import export_onnx
+from rfdetr.deploy.graph import ExportForward
+from rfdetr.deploy.processing import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
     ImageInput,
     _to_chw01,
     export_outputs_to_dict,
@@ -47,10 +51,8 @@ from rfdetr.inference import (  # noqa: F401 - _to_chw01 and ImageInput stay imp
     to_detections,
 )
 from rfdetr.models import PostProcess, build_model
-from rfdetr.models.mask_head import MaskHeadConfig, build_mask_head
+from rfdetr.models.mask_head import MaskHeadConfig
 from rfdetr.models.segmenter import Segmenter
-from rfdetr.onnx_export import EXPORT_FORMATS, ExportForward, export_onnx
-from rfdetr.weights import PRESET_WEIGHTS, resolve_weights
 
 __all__ = [
     "COCO_CLASS_NAMES", "Detections", "RFDETR", "RFDETRBase", "RFDETRLarge", "RFDETRMedium", "RFDETRNano",
@@ -62,7 +64,6 @@ logger = logging.getLogger(__name__)
 
 # COCO's 91 label slots indexed by category id (the official checkpoints' logit index), "N/A" where COCO has none.
 COCO_CLASS_NAMES: tuple[str, ...] = COCO_CLASSES
-_COCO_80 = [name for name in COCO_CLASS_NAMES if name != "N/A"]
 
 
 class RFDETR:
@@ -122,7 +123,7 @@ class RFDETR:
         ckpt = load_checkpoint_file(resolve_weights(path))
         target = cls
         if cls.size is None:
-            detector_state, _, _ = _split_stage2(ckpt, extract_state_dict(ckpt))
+            detector_state, _, _ = split_stage2(ckpt, extract_state_dict(ckpt))
             target = PRESET_CLASSES[infer_model_config(detector_state, ckpt).name]
         obj = target.__new__(target)
         obj._setup(ckpt, **kwargs)
@@ -144,7 +145,7 @@ class RFDETR:
         head_cfg: MaskHeadConfig | None = None
         if ckpt is not None and state_dict is not None:
             # A stage-2 checkpoint is a detector checkpoint plus the mask head's keys: the detector loads as usual.
-            state_dict, head_state, head_cfg = _split_stage2(ckpt, state_dict)
+            state_dict, head_state, head_cfg = split_stage2(ckpt, state_dict)
         cfg = self._config_for(state_dict, ckpt, num_classes, resolution)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = build_model(cfg)
@@ -155,12 +156,12 @@ class RFDETR:
             except CheckpointError as err:
                 raise CheckpointError(f"cannot load the checkpoint into {type(self).__name__}: {err}") from None
         if head_cfg is not None and masks is not False:
-            self.model = _attach_mask_head(self.model, head_cfg, head_state, type(self).__name__)
+            self.model = attach_mask_head(self.model, head_cfg, head_state, type(self).__name__)
         self.model.to(self.device).eval()
         # Checkpoint names only describe the checkpoint's own class heads, not re-initialised ones.
         heads_loaded = self.load_report is not None and not self.load_report.reinitialized
         ckpt_names = checkpoint_class_names(ckpt) if ckpt is not None and heads_loaded else None
-        self.class_names = _class_names(cfg.num_classes + 1, class_names, ckpt_names)
+        self.class_names = resolve_class_names(cfg.num_classes + 1, class_names, ckpt_names)
         # The config records only real names (given or from the checkpoint), never the COCO / class_{i} fallbacks,
         # so that a checkpoint saved from it does not claim names nobody chose.
         recorded = class_names if class_names is not None else ckpt_names
@@ -181,31 +182,8 @@ class RFDETR:
         num_classes: int | None,
         resolution: int | None,
     ) -> ModelConfig:
-        """The preset, aligned with the checkpoint (class count, stored grid, queries) and the user's overrides."""
-        preset = get_preset(str(self.size))
-        cfg = preset
-        if state_dict is not None:
-            try:
-                found: ModelConfig | None = infer_model_config(state_dict, ckpt)
-            except CheckpointError:
-                found = None
-            if found is not None and found.name == preset.name:
-                cfg = found
-            else:
-                # Another preset's weights: keep this architecture and let loading report what does not fit
-                # (same-structure presets, e.g. Medium weights in a Large, load with an interpolated grid).
-                if found is not None:
-                    logger.warning("checkpoint looks like %s, loading it into %s", found.upstream_name,
-                                   preset.upstream_name)
-                if CLASS_BIAS_KEY in state_dict:
-                    cfg = cfg.replace(num_classes=int(state_dict[CLASS_BIAS_KEY].shape[0]) - 1)
-        if num_classes is not None:
-            if num_classes < 1:
-                raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-            cfg = cfg.replace(num_classes=int(num_classes))
-        if resolution is not None:
-            cfg = _with_resolution(cfg, preset, int(resolution))
-        return cfg
+        """This class's preset aligned with the checkpoint and the overrides (a subclass may change the result)."""
+        return model_config_for_checkpoint(str(self.size), state_dict, ckpt, num_classes, resolution)
 
     @property
     def resolution(self) -> int:
@@ -309,12 +287,12 @@ class RFDETR:
         simplify: bool = False,
         file_name: str = "inference_model.onnx",
     ) -> Path:
-        """Export the model for deployment (see :mod:`rfdetr.onnx_export` for the graph and its metadata).
+        """Export the model for deployment (see :mod:`rfdetr.deploy.formats.onnx` for the graph and its metadata).
 
         The file takes ``input`` [B, 3, R, R] (R = :attr:`resolution`; RGB in [0, 1], bilinearly resized without
         antialias, then normalised with the ImageNet mean / std stored in the metadata) and gives ``dets``
         [B, Q, 4] normalised cxcywh, ``labels`` [B, Q, K] logits and, when :attr:`masks` is on, ``masks``
-        [B, Q, R/4, R/4] logits. Run it with :class:`rfdetr.onnx_model.OnnxModel`, whose ``predict`` returns the
+        [B, Q, R/4, R/4] logits. Run it with :class:`rfdetr.deploy.runner.OnnxModel`, whose ``predict`` returns the
         same :class:`Detections` as :meth:`predict`.
 
         Args:
@@ -358,64 +336,6 @@ class RFDETR:
             f"{type(self).__name__}(resolution={cfg.resolution}, num_classes={cfg.num_classes}, "
             f"masks={self.masks}, device={self.device})"
         )
-
-
-def _split_stage2(
-    ckpt: dict[str, Any], state_dict: dict[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], MaskHeadConfig | None]:
-    """(detector keys, mask-head keys without their prefix, head config) of a stage-2 checkpoint.
-
-    Other checkpoints come back unchanged with no head (rfdetr segmentation checkpoints keep their
-    ``segmentation_head.*``: it is part of their preset).
-    """
-    stored = ckpt.get("mask_head")
-    if not isinstance(stored, dict):
-        return state_dict, {}, None
-    try:
-        head_cfg = MaskHeadConfig.from_dict(stored)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"the checkpoint's 'mask_head' entry {stored} is not a mask-head config: {err}") from None
-    prefix = head_cfg.key_prefix
-    head = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if not head:
-        raise CheckpointError(f"the checkpoint records a {head_cfg.kind} mask head but holds no '{prefix}*' tensors")
-    return {k: v for k, v in state_dict.items() if not k.startswith(prefix)}, head, head_cfg
-
-
-def _attach_mask_head(detector: nn.Module, head_cfg: MaskHeadConfig, head_state: dict[str, torch.Tensor],
-                      owner: str) -> Segmenter:
-    """The detector plus the stage-2 head rebuilt from its config and weights (strict)."""
-    head = build_mask_head(head_cfg)
-    try:
-        head.load_state_dict(head_state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"cannot load the checkpoint's {head_cfg.kind} mask head into {owner}: "
-                              f"{str(err).splitlines()[0]}") from None
-    return Segmenter(detector, head, freeze_detector=True)
-
-
-def _with_resolution(cfg: ModelConfig, preset: ModelConfig, resolution: int) -> ModelConfig:
-    """Change the input side; presets whose grid is resolution / patch (all but Base) follow it (spec 3.3)."""
-    if resolution <= 0 or resolution % cfg.input_divisor != 0:
-        raise ValueError(
-            f"resolution must be a positive multiple of patch_size * num_windows = {cfg.input_divisor} "
-            f"for {preset.upstream_name}, got {resolution}"
-        )
-    if preset.positional_encoding_size * preset.patch_size == preset.resolution:
-        return cfg.replace(resolution=resolution, positional_encoding_size=resolution // cfg.patch_size)
-    return cfg.replace(resolution=resolution)
-
-
-def _class_names(num_logits: int, explicit: Sequence[str] | None, from_ckpt: Sequence[str] | None) -> list[str]:
-    """Names indexed by class id: explicit > checkpoint > COCO (91 logits) > ``class_{i}``."""
-    if explicit is not None:
-        return list(explicit)
-    if from_ckpt is not None and list(from_ckpt) != _COCO_80:
-        return list(from_ckpt)
-    # rfdetr records the 80 COCO names for its COCO models, but their logits are indexed by category id.
-    if num_logits == len(COCO_CLASS_NAMES):
-        return list(COCO_CLASS_NAMES)
-    return [f"class_{i}" for i in range(num_logits)]
 
 
 def _preset_class(key: str) -> type[RFDETR]:

@@ -4,7 +4,7 @@
     python -m rfdetr.export --weights rf-detr-seg-nano.pt --output exported/ --dynamic_batch
 
 Writes ``inference_model.onnx`` (default: next to the weights) and prints its path. The graph, its inputs, outputs
-and metadata are described in :mod:`rfdetr.onnx_export`; run it with :class:`rfdetr.onnx_model.OnnxModel` or
+and metadata are described in :mod:`rfdetr.deploy.formats.onnx`; run it with :class:`rfdetr.deploy.runner.OnnxModel` or
 ``python -m rfdetr.predict --weights inference_model.onnx``. Exit code 2 with a one-line message for a bad weights
 path, an unknown format or a missing onnx package.
 """
@@ -15,7 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from rfdetr.onnx_export import EXPORT_FORMATS, MAX_OPSET, MIN_OPSET
+from rfdetr.checkpoint import CheckpointError
+from rfdetr.checkpoint.weights import WeightsDownloadError
+from rfdetr.deploy.formats import EXPORT_FORMATS
+from rfdetr.deploy.formats.onnx import MAX_OPSET, MIN_OPSET
+from rfdetr.util.cli import run_command
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,18 +74,8 @@ def run_export(args: argparse.Namespace) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rfdetr.checkpoint import CheckpointError
-    from rfdetr.cli import setup_logging
-    from rfdetr.weights import WeightsDownloadError
-
-    setup_logging()
-    try:
-        path = run_export(args)
-    except (FileNotFoundError, ValueError, ImportError, CheckpointError, WeightsDownloadError) as err:
-        print(f"rfdetr.export: error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run_command("rfdetr.export", lambda a: print(run_export(a)), args,
+                       errors=(CheckpointError, WeightsDownloadError))
 
 
 if __name__ == "__main__":

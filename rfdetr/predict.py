@@ -3,214 +3,23 @@
     python -m rfdetr.predict --weights runs/segmentation_nano_384_1/checkpoint_best_total.pth --source photos/
     python -m rfdetr.predict --weights exported/inference_model.onnx --source "photos/**/*.jpg" --threshold 0.4
 
-For every image it writes a picture with the boxes, ``name score`` labels and translucent masks
-(:func:`rfdetr.visualize.render_detections`) to ``--output`` (PNG sources as PNG, the rest as JPEG, named after the
-source), and at the end one COCO-format ``predictions.json`` for the whole run: ``images`` (id, file_name, width,
-height, path), ``categories`` and ``annotations`` with ``image_id``, ``category_id`` (the class id), ``bbox`` (x, y,
-w, h in pixels), ``score``, ``area`` and, for models with masks, ``segmentation`` as compressed RLE. pycocotools
-reads it with ``COCO(path)``, and its ``annotations`` list is a valid ``loadRes`` result list.
-
-``--weights`` is a checkpoint (loaded as :class:`rfdetr.detr.RFDETR`) or an ``.onnx`` file from ``rfdetr.export`` (run
-with onnxruntime, :class:`rfdetr.onnx_model.OnnxModel`). Files that cannot be read as images are skipped, counted and
-logged; the run fails (exit code 2) only when no image could be read or the weights cannot be loaded.
+Writes a picture per image and one COCO ``predictions.json`` to ``--output`` (see :mod:`rfdetr.deploy.predict`).
+``--weights`` is a checkpoint (loaded as :class:`rfdetr.detr.RFDETR`) or an exported file (run in its own runtime by
+:mod:`rfdetr.deploy.runner`). Files that cannot be read as images are skipped, counted and logged; the run fails
+(exit code 2) only when no image could be read or the weights cannot be loaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import logging
 import os
 import sys
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-import cv2
-import numpy as np
-from pycocotools import mask as mask_utils
-from tqdm import tqdm
-
-from rfdetr.data.image_io import read_rgb
-from rfdetr.detections import Detections
-from rfdetr.util.run_dir import write_json_atomic
-from rfdetr.visualize import render_detections
-
-__all__ = ["IMAGE_SUFFIXES", "PredictSummary", "collect_images", "detections_to_coco", "predict_images"]
-
-logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-PREDICTIONS_FILE = "predictions.json"
-
-
-class Predictor(Protocol):
-    """What the command needs from a model: :class:`rfdetr.detr.RFDETR` and :class:`rfdetr.onnx_model.OnnxModel`."""
-
-    class_names: list[str]
-
-    def predict(self, images: Any, threshold: float = 0.5) -> Detections | list[Detections]: ...
-
-
-@dataclass
-class PredictSummary:
-    """What a run wrote.
-
-    Attributes:
-        pictures: rendered pictures, one per readable image.
-        predictions: the COCO JSON file.
-        num_images: images predicted.
-        num_detections: detections above the threshold over all images.
-        skipped: files that could not be read as images.
-    """
-
-    pictures: list[Path] = field(default_factory=list)
-    predictions: Path | None = None
-    num_images: int = 0
-    num_detections: int = 0
-    skipped: list[Path] = field(default_factory=list)
-
-
-def collect_images(source: str | os.PathLike[str]) -> list[Path]:
-    """The files a ``--source`` names, sorted.
-
-    Args:
-        source: an image file, a folder (its files with an image suffix, not recursive), or a glob pattern (every
-            matching file; ``**`` recurses).
-
-    Raises:
-        FileNotFoundError: nothing exists at ``source`` and it matches no file.
-    """
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if path.is_file():
-        return [path]
-    if glob.has_magic(text):
-        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
-        files = [p for p in matches if p.is_file()]
-        if files:
-            return files
-    raise FileNotFoundError(f"--source {text!r}: no such image file or folder, and no file matches it as a glob")
-
-
-def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1) -> list[dict[str, Any]]:
-    """COCO result entries of one image.
-
-    Args:
-        detections: boxes in pixels; ``mask`` [N, H, W] bool when present.
-        image_id: the image's id.
-        first_id: annotation id of the first entry (ids are consecutive).
-
-    Returns:
-        One dict per detection: ``id``, ``image_id``, ``category_id`` (the class id), ``bbox`` [x, y, w, h],
-        ``score``, ``area``, ``iscrowd`` 0 and, with masks, ``segmentation`` (RLE, ``counts`` a string).
-    """
-    entries = []
-    for i in range(len(detections)):
-        x0, y0, x1, y1 = (float(v) for v in detections.xyxy[i])
-        entry: dict[str, Any] = {
-            "id": first_id + i,
-            "image_id": image_id,
-            "category_id": int(detections.class_id[i]),
-            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-            "score": float(detections.confidence[i]),
-            "area": round((x1 - x0) * (y1 - y0), 2),
-            "iscrowd": 0,
-        }
-        if detections.mask is not None:
-            rle = mask_utils.encode(np.asfortranarray(detections.mask[i].astype(np.uint8)))
-            entry["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-            entry["area"] = int(detections.mask[i].sum())
-        entries.append(entry)
-    return entries
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _picture_path(output: Path, source: Path, used: set[str]) -> Path:
-    """``output/<stem>.png|jpg``, with ``_1``, ``_2`` ... appended when two sources share a stem."""
-    suffix = ".png" if source.suffix.lower() == ".png" else ".jpg"
-    name, n = source.stem + suffix, 0
-    while name in used:
-        n += 1
-        name = f"{source.stem}_{n}{suffix}"
-    used.add(name)
-    return output / name
-
-
-def predict_images(
-    model: Predictor, paths: list[Path], output: str | os.PathLike[str], threshold: float = 0.5, progress: bool = True
-) -> PredictSummary:
-    """Predict every image of ``paths``, write its rendered picture and one COCO predictions JSON.
-
-    Args:
-        model: an :class:`rfdetr.detr.RFDETR` or :class:`rfdetr.onnx_model.OnnxModel`.
-        paths: image files (see :func:`collect_images`); unreadable ones are skipped and counted.
-        output: folder for the pictures and ``predictions.json`` (created).
-        threshold: keep detections with score > threshold.
-        progress: show a progress bar.
-
-    Returns:
-        A :class:`PredictSummary`.
-
-    Raises:
-        ValueError: none of ``paths`` could be read as an image.
-    """
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = PredictSummary()
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    used: set[str] = set()
-    for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
-        try:
-            image = np.asarray(read_rgb(path))  # RGB uint8 [H, W, 3], EXIF orientation applied
-        except ValueError as err:
-            logger.warning("skipping %s: %s", path, err)
-            summary.skipped.append(path)
-            continue
-        detections = model.predict(image, threshold=threshold)
-        assert isinstance(detections, Detections)
-        image_id = len(images) + 1
-        picture = _picture_path(out, path, used)
-        ok, encoded = cv2.imencode(
-            picture.suffix, cv2.cvtColor(render_detections(image, detections), cv2.COLOR_RGB2BGR)
-        )
-        if not ok:
-            raise RuntimeError(f"OpenCV could not encode the picture of {path} as {picture.suffix}")
-        _write_bytes_atomic(picture, encoded.tobytes())
-        summary.pictures.append(picture)
-        height, width = image.shape[:2]
-        images.append({"id": image_id, "file_name": path.name, "width": width, "height": height, "path": str(path)})
-        annotations += detections_to_coco(detections, image_id, first_id=len(annotations) + 1)
-    if summary.skipped:
-        logger.warning("%d of %d files could not be read as images and were skipped", len(summary.skipped), len(paths))
-    if not images:
-        raise ValueError(f"none of the {len(paths)} source files could be read as an image")
-    categories = [
-        {"id": i, "name": name, "supercategory": "none"} for i, name in enumerate(model.class_names) if name != "N/A"
-    ]
-    coco = {
-        "info": {"description": "rfdetr.predict", "threshold": threshold},
-        "images": images,
-        "categories": categories,
-        "annotations": annotations,
-    }
-    summary.predictions = write_json_atomic(out / PREDICTIONS_FILE, coco)
-    summary.num_images, summary.num_detections = len(images), len(annotations)
-    return summary
+from rfdetr.checkpoint import CheckpointError
+from rfdetr.checkpoint.weights import WeightsDownloadError
+from rfdetr.deploy.predict import Predictor, collect_images, predict_images
+from rfdetr.util.cli import run_command
 
 
 def load_predictor(
@@ -220,9 +29,9 @@ def load_predictor(
     device: str | None = None,
     masks: bool | None = None,
 ) -> Predictor:
-    """An ``.onnx`` file as :class:`rfdetr.onnx_model.OnnxModel`, anything else as :class:`rfdetr.detr.RFDETR`."""
+    """An ``.onnx`` file as :class:`rfdetr.deploy.runner.OnnxModel`, anything else as :class:`rfdetr.detr.RFDETR`."""
     if Path(weights).suffix.lower() == ".onnx":
-        from rfdetr.onnx_model import OnnxModel
+        from rfdetr.deploy.runner import OnnxModel
 
         return OnnxModel(weights)
     from rfdetr.detr import load_model
@@ -246,24 +55,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
-    from rfdetr.checkpoint import CheckpointError
-    from rfdetr.cli import setup_logging
-    from rfdetr.weights import WeightsDownloadError
-
-    setup_logging()
-    try:
-        paths = collect_images(args.source)
-        model = load_predictor(args.weights, args.size, args.resolution, args.device, False if args.no_masks else None)
-        summary = predict_images(model, paths, args.output, args.threshold, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, ImportError, CheckpointError, WeightsDownloadError) as err:
-        print(f"rfdetr.predict: error: {err}", file=sys.stderr)
-        return 2
+def run_predict(args: argparse.Namespace) -> None:
+    """Load ``args.weights``, predict on ``args.source`` and print what was written."""
+    paths = collect_images(args.source)
+    model = load_predictor(args.weights, args.size, args.resolution, args.device, False if args.no_masks else None)
+    summary = predict_images(model, paths, args.output, args.threshold, progress=not args.no_progress)
     print(
         f"{summary.num_images} images, {summary.num_detections} detections, {len(summary.skipped)} skipped "
         f"(unreadable); pictures in {Path(args.output)}, predictions in {summary.predictions}"
     )
-    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_command("rfdetr.predict", run_predict, args, errors=(CheckpointError, WeightsDownloadError))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
   ``5 x batch_size x grad_accum_steps`` images is sampled *with replacement*, exactly that many images per epoch
   (5 optimizer steps), so tiny datasets still get a useful epoch. Under DDP a ``DistributedSampler`` splits the set.
 - Eval: sequential, ``drop_last=False``; under DDP a non-shuffling ``DistributedSampler`` (it repeats a few images to
-  even out the ranks; :class:`rfdetr.evaluation.CocoEvaluator` counts each image once).
+  even out the ranks; :class:`rfdetr.data.coco_eval.CocoEvaluator` counts each image once).
 - Reproducibility: the shuffling order comes from a ``torch.Generator`` seeded with ``seed`` (plus the rank for the
   per-rank parts), and each worker seeds ``random`` and numpy from its torch seed, which the DataLoader derives from
   that generator. Transforms draw from torch's RNG, so with ``workers > 0`` the augmentations are reproducible too;

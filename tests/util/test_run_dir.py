@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rfdetr.train_config import TrainConfig
+from rfdetr.train.config import TrainConfig
 from rfdetr.util.run_dir import create_run_dir, to_jsonable, write_config
 
 

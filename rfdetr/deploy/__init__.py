@@ -1,0 +1,12 @@
+"""Deployment: export to every format, run exported files, predict and draw.
+
+* :mod:`~rfdetr.deploy.formats`: the export formats as data (one module each, imported only when used).
+* :mod:`~rfdetr.deploy.graph`: the inference graph every format traces.
+* :mod:`~rfdetr.deploy.runner`: run an exported file and get the same :class:`Detections` as ``predict()``.
+* :mod:`~rfdetr.deploy.processing`: the pre- and post-processing every runner shares.
+* :mod:`~rfdetr.deploy.detections`: :class:`Detections`, the result of a prediction.
+* :mod:`~rfdetr.deploy.predict`: predict over image files and write pictures and COCO JSON;
+  :mod:`~rfdetr.deploy.visualize`: drawing.
+
+Nothing here imports the training code or the user API (:mod:`rfdetr.detr` imports this package).
+"""

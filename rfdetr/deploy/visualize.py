@@ -1,0 +1,69 @@
+"""Draw detections (boxes, labels, instance masks) on an image, for the demo and quick looks at predictions."""
+
+from __future__ import annotations
+
+import colorsys
+
+import cv2
+import numpy as np
+
+from rfdetr.deploy.detections import Detections
+
+__all__ = ["class_color", "render_detections"]
+
+
+def class_color(class_id: int) -> tuple[int, int, int]:
+    """A distinct, stable RGB colour per class id (golden-ratio hue steps, full saturation)."""
+    hue = (class_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def render_detections(image: np.ndarray, detections: Detections, mask_alpha: float = 0.45,
+                      line_width: int | None = None) -> np.ndarray:
+    """A copy of ``image`` with masks blended in, mask outlines, boxes and ``name score`` labels.
+
+    Args:
+        image: RGB uint8 [H, W, 3] (the original image the detections refer to).
+        detections: boxes in the image's pixels; ``mask`` [N, H, W] bool when the model predicts masks.
+        mask_alpha: opacity of the mask colour.
+        line_width: box / outline thickness in pixels (default: scales with the image, at least 1).
+
+    Returns:
+        RGB uint8 [H, W, 3].
+
+    Raises:
+        ValueError: ``image`` is not RGB uint8, or the masks are not the image's size.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be RGB uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    if detections.mask is not None and len(detections) and detections.mask.shape[1:] != (height, width):
+        raise ValueError(f"masks are {detections.mask.shape[1:]} but the image is {(height, width)}: pass the "
+                         "original image the detections were made on")
+    thickness = line_width or max(1, round(max(height, width) / 320))
+    canvas = image.astype(np.float32)
+    colors = [np.array(class_color(int(c)), dtype=np.float32) for c in detections.class_id]
+    if detections.mask is not None:
+        # Lowest score first so that the most confident instance ends on top where masks overlap.
+        for i in np.argsort(detections.confidence):
+            mask = detections.mask[i]
+            canvas[mask] = canvas[mask] * (1 - mask_alpha) + colors[i] * mask_alpha
+    out = np.ascontiguousarray(canvas.round().clip(0, 255).astype(np.uint8))
+    font_scale = max(0.3, thickness * 0.35)
+    for i in range(len(detections)):
+        color = tuple(int(v) for v in colors[i])
+        if detections.mask is not None:
+            contours, _ = cv2.findContours(detections.mask[i].astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, contours, -1, color, thickness)
+        x0, y0, x1, y1 = (int(round(v)) for v in detections.xyxy[i])
+        cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
+        name = detections.class_name[i] if i < len(detections.class_name) else str(int(detections.class_id[i]))
+        label = f"{name} {detections.confidence[i]:.2f}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        top = max(0, y0 - th - base - 2)
+        cv2.rectangle(out, (x0, top), (x0 + tw + 2, top + th + base + 2), color, -1)
+        cv2.putText(out, label, (x0 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return out

@@ -1,0 +1,350 @@
+"""``fit()``: the epoch loop shared by stage 1, stage 2 and single-stage training.
+
+It owns everything around :func:`rfdetr.train.engine.train_one_epoch`: the run folder, optimizer and schedule, EMA,
+resume, evaluation of the regular and EMA weights, best-checkpoint tracking, early stopping, logs and DDP. What differs
+between the stages (which parameters train, which losses, which metric decides "best", what a checkpoint holds) comes
+in through a :class:`TrainingJob`.
+
+Files in the run folder::
+
+    config.json                 written first: everything needed to reproduce the run
+    log.jsonl                   one JSON line per epoch
+    tb/                         TensorBoard events (losses, learning rates, mAP, validation pictures)
+    checkpoint.pth              last state, for --resume: weights, optimizer, schedule, EMA, RNG, best metrics
+    checkpoint_best_regular.pth best regular weights (weights, args, class names only)
+    checkpoint_best_ema.pth     best EMA weights
+    checkpoint_best_total.pth   the better of the two, written at the end
+    results.json                final metrics (valid, and test when the split exists)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+
+from rfdetr.checkpoint import load_checkpoint_file, make_checkpoint, save_checkpoint
+from rfdetr.config import ModelConfig
+from rfdetr.data.coco_eval import CocoEvaluator
+from rfdetr.data.loaders import build_dataloader, set_epoch
+from rfdetr.train.config import OptimConfig, TrainConfig
+from rfdetr.train.ema import ModelEMA
+from rfdetr.train.engine import StepSettings, evaluate, primary_metric, train_one_epoch
+from rfdetr.train.optim import autocast_dtype as pick_autocast_dtype
+from rfdetr.train.optim import build_grad_scaler, build_scheduler, make_adamw
+from rfdetr.train.report import EpochReport
+from rfdetr.util.distributed import DistInfo, barrier, broadcast_object
+from rfdetr.util.early_stopping import EarlyStopping, select_metric
+from rfdetr.util.loggers import JsonlLogger, RunLogger
+from rfdetr.util.run_dir import create_run_dir, write_config, write_json_atomic
+from rfdetr.util.seeding import rng_state, seed_everything, set_rng_state
+
+logger = logging.getLogger(__name__)
+
+Forward = Callable[[nn.Module, torch.Tensor, list], dict[str, Any]]
+
+
+@dataclass
+class TrainingJob:
+    """What one stage trains; :func:`fit` does the rest.
+
+    Attributes:
+        stage: ``"detector"``, ``"seg_stage2"`` or ``"seg_single"`` (recorded in checkpoints).
+        model: the unwrapped model; parameters with ``requires_grad`` are trained.
+        model_cfg: its architecture (recorded in checkpoints so they load back by preset).
+        class_names: label names, index = class id.
+        criterion: loss module with ``total_loss``.
+        postprocess: ``(outputs, orig_sizes) -> per-image detections`` for evaluation.
+        train_set / val_set / test_set: datasets yielding ``(image, target)``.
+        param_groups: builds the optimizer's parameter groups from the (unwrapped) model.
+        iou_type: ``"bbox"`` or ``"segm"``: the AP50:95 that decides "best" and early stopping.
+        run_prefix: run folder name before ``_N``, e.g. ``detector_nano_384``.
+        config: the resolved settings written to ``config.json``.
+        forward: ``forward(model, images, targets)`` returning the criterion's outputs (default ``model(images)``).
+        state_dict: what goes under ``model`` in checkpoints (default: the full state dict).
+        load_state_dict: the inverse, for resume (default: strict ``load_state_dict``).
+        checkpoint_extra: more top-level entries for every checkpoint (e.g. the mask-head config).
+        use_ema: keep an EMA of the trainable weights (overrides ``TrainConfig.use_ema`` when not None).
+    """
+
+    stage: str
+    model: nn.Module
+    model_cfg: ModelConfig
+    class_names: list[str]
+    criterion: nn.Module
+    postprocess: Callable[[dict[str, Any], torch.Tensor], list[dict[str, torch.Tensor]]]
+    train_set: Dataset
+    val_set: Dataset
+    param_groups: Callable[[nn.Module], list[dict[str, Any]]]
+    iou_type: str = "bbox"
+    run_prefix: str = "run"
+    config: dict[str, Any] = field(default_factory=dict)
+    test_set: Dataset | None = None
+    forward: Forward | None = None
+    state_dict: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
+    load_state_dict: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    """What a finished (or stopped) run produced."""
+
+    run_dir: Path
+    best: dict[str, Any]
+    epochs_run: int
+    stopped_early: bool = False
+    interrupted: bool = False
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _weights(job: TrainingJob, model: nn.Module) -> dict[str, torch.Tensor]:
+    return job.state_dict(model) if job.state_dict is not None else model.state_dict()
+
+
+def _load_weights(job: TrainingJob, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    if job.load_state_dict is not None:
+        job.load_state_dict(model, state)
+    else:
+        model.load_state_dict(state, strict=True)
+
+
+class _Fit:
+    """The state of one run: built once, then :meth:`run` loops over the epochs."""
+
+    def __init__(self, job: TrainingJob, train_cfg: TrainConfig, optim_cfg: OptimConfig, dist_info: DistInfo) -> None:
+        self.job, self.cfg, self.optim_cfg, self.dist = job, train_cfg, optim_cfg, dist_info
+        self.device = dist_info.device
+        self.resume_ckpt = load_checkpoint_file(train_cfg.resume) if train_cfg.resume else None
+        self.run_dir = self._make_run_dir()
+        self.model = job.model.to(self.device)
+        self.autocast_dtype = pick_autocast_dtype(self.device, train_cfg.amp)
+        self.scaler = build_grad_scaler(self.device, self.autocast_dtype)
+        self.train_loader = build_dataloader(job.train_set, train_cfg.batch_size, train=True,
+                                             workers=train_cfg.num_workers, seed=train_cfg.seed,
+                                             grad_accum_steps=train_cfg.grad_accum_steps)
+        self.val_loader = build_dataloader(job.val_set, train_cfg.batch_size, train=False,
+                                           workers=train_cfg.num_workers, seed=train_cfg.seed)
+        self.optimizer = make_adamw(job.param_groups(self.model), lr=optim_cfg.lr,
+                                    weight_decay=optim_cfg.weight_decay)
+        self.steps_per_epoch = max(1, len(self.train_loader) // train_cfg.grad_accum_steps)
+        self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch,
+                                         epochs=train_cfg.epochs, warmup_epochs=optim_cfg.warmup_epochs,
+                                         schedule=optim_cfg.lr_scheduler, lr_drop=optim_cfg.lr_drop,
+                                         lr_min_factor=optim_cfg.lr_min_factor)
+        self.ema = ModelEMA(self.model, train_cfg.ema_decay, train_cfg.ema_tau) if train_cfg.use_ema else None
+        self.early = EarlyStopping(train_cfg.early_stopping_patience, train_cfg.early_stopping_min_delta)
+        self.best: dict[str, Any] = {"regular": -1.0, "ema": -1.0, "regular_epoch": -1, "ema_epoch": -1}
+        self.start_epoch, self.global_step = 0, 0
+        if self.resume_ckpt is not None:
+            self._restore(self.resume_ckpt)
+        self.train_model: nn.Module = self.model
+        if dist_info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.evaluator = CocoEvaluator.from_dataset(job.val_set, iou_types=("bbox", "segm") if job.iou_type == "segm"
+                                                    else ("bbox",), max_dets=train_cfg.eval_max_dets)
+        self.run_logger = RunLogger(self.run_dir, tensorboard=train_cfg.tensorboard, wandb=train_cfg.wandb,
+                                    wandb_project=train_cfg.wandb_project, wandb_run=train_cfg.wandb_run,
+                                    config=job.config, enabled=dist_info.is_main)
+        self.report = EpochReport(job, JsonlLogger(self.run_dir / "log.jsonl", enabled=dist_info.is_main),
+                                  self.run_logger, train_cfg.tensorboard or train_cfg.wandb, self.device,
+                                  dist_info.is_main)
+
+    # ------------------------------------------------------------------------------------------ setup and resume
+
+    def _make_run_dir(self) -> Path:
+        if self.resume_ckpt is not None:
+            # A resumed run continues in the folder of its checkpoint, so its logs and best files stay together.
+            run_dir = Path(self.cfg.resume).resolve().parent
+        elif self.dist.is_main:
+            root = Path(self.cfg.output_root)
+            run_dir = create_run_dir(root, self.cfg.run_name or self.job.run_prefix)
+        else:
+            run_dir = None
+        run_dir = Path(broadcast_object(str(run_dir) if run_dir else None))
+        if self.dist.is_main:
+            config = {"stage": self.job.stage, "run_dir": str(run_dir), **self.job.config}
+            name = "config.json" if not (run_dir / "config.json").exists() else "config_resume.json"
+            write_config(run_dir, config) if name == "config.json" else write_json_atomic(run_dir / name, config)
+            logger.info("run folder: %s", run_dir)
+        return run_dir
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        _load_weights(self.job, self.model, ckpt["model"])
+        for key, target in (("optimizer", self.optimizer), ("lr_scheduler", self.scheduler)):
+            if key not in ckpt:
+                raise ValueError(f"{self.cfg.resume} has no '{key}': it is a weights-only file. Resume from the run's "
+                                 "checkpoint.pth, or start a new run from these weights with --pretrained")
+            target.load_state_dict(ckpt[key])
+        if self.ema is not None and "ema_model" in ckpt:
+            self.ema.load_state_dict({"module": ckpt["ema_model"], "updates": ckpt.get("ema_updates", 0)})
+        if "scaler" in ckpt and self.scaler is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.best.update(ckpt.get("best", {}))
+        if "early_stopping" in ckpt:
+            self.early.load_state_dict(ckpt["early_stopping"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.global_step = int(ckpt.get("global_step", self.start_epoch * self.steps_per_epoch))
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        logger.info("resumed from %s at epoch %d (step %d)", self.cfg.resume, self.start_epoch, self.global_step)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def _weights_file(self, weights: dict[str, torch.Tensor], epoch: int, **extra: Any) -> dict[str, Any]:
+        return make_checkpoint(weights, self.job.model_cfg, self.job.class_names, stage=self.job.stage, epoch=epoch,
+                               **self.job.checkpoint_extra, **extra)
+
+    def _save_last(self, epoch: int) -> None:
+        if not self.dist.is_main:
+            return
+        extra: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.scheduler.state_dict(),
+            "global_step": self.global_step, "best": dict(self.best), "early_stopping": self.early.state_dict(),
+            "rng": rng_state(), "train_config": asdict(self.cfg), "optim_config": asdict(self.optim_cfg),
+        }
+        if self.ema is not None:
+            # Upstream's key for the EMA weights, so rfdetr can read them too.
+            extra["ema_model"] = _weights(self.job, self.ema.module)
+            extra["ema_updates"] = self.ema.updates
+        if self.scaler is not None and self.scaler.is_enabled():
+            extra["scaler"] = self.scaler.state_dict()
+        save_checkpoint(self._weights_file(_weights(self.job, self.model), epoch, **extra),
+                        self.run_dir / "checkpoint.pth")
+        if (epoch + 1) % self.cfg.checkpoint_interval == 0:
+            save_checkpoint(self._weights_file(_weights(self.job, self.model), epoch),
+                            self.run_dir / f"checkpoint{epoch:04d}.pth")
+
+    # ------------------------------------------------------------------------------------------ one epoch
+
+    def _evaluate(self, model: nn.Module, desc: str) -> dict[str, Any]:
+        return evaluate(model, self.job.criterion, self.job.postprocess, self.val_loader, self.evaluator, self.device,
+                        self.autocast_dtype, forward=self.job.forward, desc=desc)
+
+    def _update_best(self, epoch: int, regular: float, ema: float | None) -> None:
+        """Upstream's rule: a file is written when its model beats the best of BOTH so far."""
+        if not self.dist.is_main:
+            return
+        overall = max(self.best["regular"], self.best["ema"])
+        if regular > overall:
+            save_checkpoint(self._weights_file(_weights(self.job, self.model), epoch, metric=regular),
+                            self.run_dir / "checkpoint_best_regular.pth")
+        if ema is not None and ema > max(overall, regular):
+            save_checkpoint(self._weights_file(_weights(self.job, self.ema.module), epoch, metric=ema),
+                            self.run_dir / "checkpoint_best_ema.pth")
+        if regular > self.best["regular"]:
+            self.best.update(regular=regular, regular_epoch=epoch)
+        if ema is not None and ema > self.best["ema"]:
+            self.best.update(ema=ema, ema_epoch=epoch)
+
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        # Every epoch's randomness is a function of (seed, rank, epoch) alone, so a resumed run draws exactly what an
+        # uninterrupted one would have (augmentation, shuffling, multi-scale sizes, mask points).
+        seed_everything(self.cfg.seed + 1000 * epoch, self.dist.rank)
+        self.train_loader.generator.manual_seed(self.cfg.seed + 1000 * epoch + self.dist.rank)
+        set_epoch(self.train_loader, epoch)
+        settings = StepSettings(grad_accum_steps=self.cfg.grad_accum_steps, clip_max_norm=self.optim_cfg.clip_max_norm,
+                                autocast_dtype=self.autocast_dtype, scales=self.job.config.get("train_scales", ()))
+
+        def on_step(step: int, logs: dict[str, float]) -> None:
+            if step % max(1, self.cfg.print_freq) == 0:
+                self.run_logger.scalars(logs, step, prefix="train_step/")
+
+        train_stats, self.global_step = train_one_epoch(
+            self.train_model, self.job.criterion, self.train_loader, self.optimizer, self.scheduler, self.device,
+            epoch, settings, global_step=self.global_step, scaler=self.scaler, ema=self.ema, forward=self.job.forward,
+            on_step=on_step)
+        metrics = self._evaluate(self.model, f"eval {epoch}")
+        ema_metrics = self._evaluate(self.ema.module, f"eval ema {epoch}") if self.ema is not None else None
+        regular = primary_metric(metrics, self.job.iou_type)
+        ema = primary_metric(ema_metrics, self.job.iou_type) if ema_metrics is not None else None
+        self._update_best(epoch, regular, ema)
+        stop = self.early.update(select_metric(regular, ema, self.cfg.early_stopping_use_ema), epoch)
+        record = self.report.record(epoch, self.global_step, self.best, train_stats, metrics, ema_metrics)
+        self.report.scalars(epoch, self.optimizer, train_stats, metrics, ema_metrics)
+        self.report.pictures(self.ema.module if self.ema is not None else self.model, epoch)
+        self._save_last(epoch)
+        record["stop"] = bool(broadcast_object(stop and self.cfg.early_stopping))
+        return record
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def _finish(self) -> dict[str, Any]:
+        """checkpoint_best_total.pth (the better of regular and EMA) and results.json."""
+        results: dict[str, Any] = {"best": dict(self.best)}
+        if not self.dist.is_main:
+            return results
+        use_ema = self.best["ema"] > self.best["regular"]  # strict: ties go to the regular weights, as upstream
+        source = self.run_dir / ("checkpoint_best_ema.pth" if use_ema else "checkpoint_best_regular.pth")
+        if source.exists():
+            best = load_checkpoint_file(source)
+            keep = ("model", "args", "model_name", "model_config", "class_names", "stage", "epoch", "metric",
+                    *self.job.checkpoint_extra)
+            save_checkpoint({k: v for k, v in best.items() if k in keep}, self.run_dir / "checkpoint_best_total.pth")
+            results["best_total_source"] = source.name
+            if self.job.test_set is not None and self.cfg.run_test:
+                results["test"] = self._test(best["model"])
+        write_json_atomic(self.run_dir / "results.json", results)
+        return results
+
+    def _test(self, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Evaluate the best weights on the test split."""
+        model = self.ema.module if self.ema is not None else self.model
+        saved = {k: v.clone() for k, v in _weights(self.job, model).items()}
+        _load_weights(self.job, model, weights)
+        loader = build_dataloader(self.job.test_set, self.cfg.batch_size, train=False, workers=self.cfg.num_workers,
+                                  distributed=False)
+        evaluator = CocoEvaluator.from_dataset(self.job.test_set, iou_types=self.evaluator.iou_types,
+                                               max_dets=self.cfg.eval_max_dets)
+        metrics = evaluate(model, None, self.job.postprocess, loader, evaluator, self.device, self.autocast_dtype,
+                           forward=self.job.forward, desc="test")
+        _load_weights(self.job, model, saved)
+        logger.info("test split:\n%s", evaluator.summary)
+        return {k: v for k, v in metrics.items() if k in ("bbox", "segm")}
+
+    def run(self) -> FitResult:
+        epoch = self.start_epoch - 1
+        record: dict[str, Any] = {}
+        stopped = interrupted = False
+        try:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                start = time.perf_counter()
+                record = self._epoch(epoch)
+                ema_map = record.get(f"ema_val_{self.job.iou_type}_mAP")
+                logger.info("epoch %d: loss %.4f, %s mAP50:95 %.4f (ema %s), best %.4f, %.1fs", epoch,
+                            record.get("train_loss", math.nan), self.job.iou_type,
+                            record.get(f"val_{self.job.iou_type}_mAP", math.nan),
+                            "-" if ema_map is None else f"{ema_map:.4f}",
+                            max(self.best["regular"], self.best["ema"]), time.perf_counter() - start)
+                if record["stop"]:
+                    stopped = True
+                    logger.info("early stopping: no AP50:95 gain for %d epochs", self.cfg.early_stopping_patience)
+                    break
+        except KeyboardInterrupt:
+            # Keep what the interrupted epoch learned; resuming restarts that epoch from these weights.
+            interrupted = True
+            logger.warning("interrupted: saving %s/checkpoint.pth before stopping", self.run_dir)
+            self._save_last(epoch)
+        if self.start_epoch >= self.cfg.epochs:
+            logger.warning("nothing to train: the checkpoint already finished epoch %d of %d", self.start_epoch - 1,
+                           self.cfg.epochs)
+        results = {} if interrupted else self._finish()
+        barrier()
+        self.run_logger.close()
+        return FitResult(self.run_dir, results.get("best", dict(self.best)), epoch - self.start_epoch + 1, stopped,
+                         interrupted, record)
+
+
+def fit(job: TrainingJob, train_cfg: TrainConfig, optim_cfg: OptimConfig, dist_info: DistInfo) -> FitResult:
+    """Train ``job`` and write its run folder (see the module docstring); returns where and how it ended."""
+    return _Fit(job, train_cfg, optim_cfg, dist_info).run()
