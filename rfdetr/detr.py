@@ -12,7 +12,6 @@ masks) at the original image size, then ``score > threshold``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import warnings
@@ -23,7 +22,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rfdetr import __version__ as rfdetr_version
 from rfdetr.checkpoint import (
     CheckpointError,
     LoadReport,
@@ -38,9 +36,9 @@ from rfdetr.checkpoint.weights import PRESET_WEIGHTS, resolve_weights
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFIG, ModelConfig
 from rfdetr.data.coco_classes import COCO_CLASSES
 from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.formats import EXPORT_FORMATS
-from rfdetr.deploy.formats.onnx import export_onnx
+from rfdetr.deploy.exporter import export_model
 from rfdetr.deploy.graph import ExportForward
+from rfdetr.deploy.metadata import export_metadata
 from rfdetr.deploy.processing import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
     ImageInput,
     _to_chw01,
@@ -281,54 +279,47 @@ class RFDETR:
         self,
         output_dir: str | os.PathLike[str] = "output",
         format: str = "onnx",
-        opset: int = 17,
+        half: bool = False,
         batch_size: int = 1,
+        file_name: str | None = None,
+        opset: int = 17,
         dynamic_batch: bool = False,
         simplify: bool = False,
-        file_name: str = "inference_model.onnx",
     ) -> Path:
-        """Export the model for deployment (see :mod:`rfdetr.deploy.formats.onnx` for the graph and its metadata).
+        """Export the model for deployment, in any format of :data:`rfdetr.deploy.formats.FORMATS`.
 
-        The file takes ``input`` [B, 3, R, R] (R = :attr:`resolution`; RGB in [0, 1], bilinearly resized without
-        antialias, then normalised with the ImageNet mean / std stored in the metadata) and gives ``dets``
-        [B, Q, 4] normalised cxcywh, ``labels`` [B, Q, K] logits and, when :attr:`masks` is on, ``masks``
-        [B, Q, R/4, R/4] logits. Run it with :class:`rfdetr.deploy.runner.OnnxModel`, whose ``predict`` returns the
-        same :class:`Detections` as :meth:`predict`.
+        Every file has the same contract: input [B, 3, R, R] (R = :attr:`resolution`; RGB in [0, 1], bilinearly
+        resized without antialias, then normalised with the ImageNet mean / std), outputs boxes [B, Q, 4]
+        normalised cxcywh, logits [B, Q, K] and, when :attr:`masks` is on, mask logits [B, Q, R/4, R/4]; class
+        names, resolution, mean and std in the file or in a JSON beside it. Run it with :func:`rfdetr.deploy.load`,
+        whose ``predict`` returns the same :class:`Detections` as :meth:`predict`.
 
         Args:
             output_dir: folder of the file (created).
-            format: ``"onnx"`` (the only format so far).
-            opset: ONNX opset, 16..20.
+            format: ``onnx``, ``tflite``, ``openvino``, ``executorch`` ...
+            half: float16 weights, where the format offers them.
             batch_size: the static batch size of the file (the traced batch with ``dynamic_batch``).
-            dynamic_batch: symbolic batch dimension instead of ``batch_size``.
-            simplify: run onnxsim when installed (logged no-op otherwise).
-            file_name: name of the written file.
+            file_name: name of the written file (default ``inference_model[_fp16].<suffix>``).
+            opset: ONNX only: opset, 16..20.
+            dynamic_batch: ONNX only: symbolic batch dimension instead of ``batch_size``.
+            simplify: ONNX only: run onnxsim when installed (logged no-op otherwise).
 
         Returns:
             The path of the written file.
 
         Raises:
-            ValueError: unknown format or bad argument.
-            ImportError: onnx is not installed (``pip install onnx onnxruntime``).
+            ValueError: unknown format, or an option the format does not take.
+            ImportError: the format's packages are not installed (the message gives the pip command).
         """
-        if format not in EXPORT_FORMATS:
-            raise ValueError(f"unknown export format {format!r}; supported: {', '.join(EXPORT_FORMATS)}")
-        metadata = {
-            "producer": f"rt-detr-seg {rfdetr_version}",
-            "model_name": type(self).__name__,
-            "class_names": json.dumps(self.class_names),
-            "resolution": str(self.resolution),
-            "mean": json.dumps(list(IMAGENET_MEAN)),
-            "std": json.dumps(list(IMAGENET_STD)),
-            "num_select": str(self.postprocess.num_select),
-            "masks": json.dumps(bool(self.masks)),
-            "preprocessing": "RGB / 255, bilinear resize to resolution x resolution without antialias, "
-                             "(x - mean) / std, NCHW float32",
-        }
-        return export_onnx(
-            self.model, Path(output_dir) / file_name, self.resolution, batch_size=batch_size,
-            dynamic_batch=dynamic_batch, opset=opset, with_masks=self.masks, metadata=metadata, simplify=simplify,
-        )
+        options: dict[str, Any] = {}
+        if format == "onnx":
+            options = {"opset": opset, "dynamic_batch": dynamic_batch, "simplify": simplify}
+        elif dynamic_batch or simplify or opset != 17:
+            raise ValueError(f"opset, dynamic_batch and simplify are ONNX options; {format!r} does not take them")
+        metadata = export_metadata(type(self).__name__, self.class_names, self.resolution, IMAGENET_MEAN,
+                                   IMAGENET_STD, self.postprocess.num_select, self.masks)
+        return export_model(self.model, output_dir, format, self.resolution, metadata, batch_size=batch_size,
+                            half=half, with_masks=self.masks, file_name=file_name, **options)
 
     def __repr__(self) -> str:
         cfg = self.model_config

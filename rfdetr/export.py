@@ -3,10 +3,10 @@
     python -m rfdetr.export --weights runs/segmentation_nano_384_1/checkpoint_best_total.pth
     python -m rfdetr.export --weights rf-detr-seg-nano.pt --output exported/ --dynamic_batch
 
-Writes ``inference_model.onnx`` (default: next to the weights) and prints its path. The graph, its inputs, outputs
-and metadata are described in :mod:`rfdetr.deploy.formats.onnx`; run it with :class:`rfdetr.deploy.runner.OnnxModel` or
-``python -m rfdetr.predict --weights inference_model.onnx``. Exit code 2 with a one-line message for a bad weights
-path, an unknown format or a missing onnx package.
+Writes ``inference_model[_fp16].<suffix>`` (default: next to the weights) and prints its path. Every format has the
+contract of :meth:`rfdetr.detr.RFDETR.export`; run the file with :func:`rfdetr.deploy.load` or
+``python -m rfdetr.predict --weights inference_model.tflite``. Exit code 2 with a one-line message for a bad weights
+path, an unknown format, a resolution the model cannot take or a missing optional package (with the pip command).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
-from rfdetr.deploy.formats import EXPORT_FORMATS
+from rfdetr.deploy.formats import EXPORT_FORMATS, get_format
 from rfdetr.deploy.formats.onnx import MAX_OPSET, MIN_OPSET
 from rfdetr.util.cli import run_command
 
@@ -30,6 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="checkpoint (ours, rfdetr's, stage 2) or an official weight name (rf-detr-nano.pth ...)",
     )
     parser.add_argument("--format", default="onnx", help=f"export format: {', '.join(EXPORT_FORMATS)}")
+    parser.add_argument("--half", action="store_true", help="float16 weights (tflite, openvino)")
     parser.add_argument("--output", default=None, help="output folder (default: the folder of --weights)")
     parser.add_argument(
         "--size", default="auto", help="model preset; 'auto' infers it from the checkpoint ('tiny' must be named)"
@@ -58,14 +59,14 @@ def run_export(args: argparse.Namespace) -> Path:
     """
     from rfdetr.detr import load_model
 
-    if args.format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown --format {args.format!r}; supported: {', '.join(EXPORT_FORMATS)}")
+    get_format(args.format).require()  # before the model is loaded: a missing package fails at once
     kwargs = {"device": "cpu", "resolution": args.resolution, "masks": False if args.no_masks else None}
     model = load_model(args.weights, args.size, **kwargs)
     output = Path(args.output) if args.output else Path(args.weights).resolve().parent
     return model.export(
         output,
         format=args.format,
+        half=args.half,
         opset=args.opset,
         batch_size=args.batch_size,
         dynamic_batch=args.dynamic_batch,

@@ -18,8 +18,12 @@ from pathlib import Path
 
 from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
+from rfdetr.deploy.formats import FORMATS
 from rfdetr.deploy.predict import Predictor, collect_images, predict_images
+from rfdetr.deploy.runner import load
 from rfdetr.util.cli import run_command
+
+EXPORTED_SUFFIXES = {f.suffix for f in FORMATS.values()}
 
 
 def load_predictor(
@@ -29,11 +33,10 @@ def load_predictor(
     device: str | None = None,
     masks: bool | None = None,
 ) -> Predictor:
-    """An ``.onnx`` file as :class:`rfdetr.deploy.runner.OnnxModel`, anything else as :class:`rfdetr.detr.RFDETR`."""
-    if Path(weights).suffix.lower() == ".onnx":
-        from rfdetr.deploy.runner import OnnxModel
-
-        return OnnxModel(weights)
+    """An exported file (``.onnx``, ``.tflite``, ...) in its runtime (:func:`rfdetr.deploy.load`), anything else as
+    :class:`rfdetr.detr.RFDETR`."""
+    if Path(weights).suffix.lower() in EXPORTED_SUFFIXES:
+        return load(weights)
     from rfdetr.detr import load_model
 
     return load_model(weights, size, resolution=resolution, device=device, masks=masks)
@@ -41,7 +44,8 @@ def load_predictor(
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="checkpoint, official weight name, or exported .onnx file")
+    parser.add_argument("--weights", required=True,
+                        help="checkpoint, official weight name, or an exported file (.onnx, .tflite, .xml, .pte)")
     parser.add_argument("--source", required=True, help="an image, a folder of images, or a glob (quote it)")
     parser.add_argument("--threshold", type=float, default=0.5, help="keep detections with score > threshold")
     parser.add_argument("--output", default="runs/predict", help="folder for the pictures and predictions.json")

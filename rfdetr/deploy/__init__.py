@@ -10,3 +10,7 @@
 
 Nothing here imports the training code or the user API (:mod:`rfdetr.detr` imports this package).
 """
+
+from rfdetr.deploy.runner import ExportedModel, load
+
+__all__ = ["ExportedModel", "load"]

@@ -8,12 +8,14 @@ that resize.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from rfdetr.models.dinov2 import Embeddings
 
-__all__ = ["ExportForward", "bake_position_embeddings", "has_masks", "patch_size"]
+__all__ = ["ExportForward", "bake_position_embeddings", "has_masks", "patch_size", "prepare_export"]
 
 
 class ExportForward(nn.Module):
@@ -78,3 +80,38 @@ def patch_size(model: nn.Module) -> int:
 def has_masks(model: nn.Module) -> bool:
     """Whether ``forward_export`` returns masks: a single-stage segmentation head or a stage-2 mask head."""
     return getattr(model, "segmentation_head", None) is not None or getattr(model, "mask_head", None) is not None
+
+
+def prepare_export(
+    model: nn.Module, resolution: int, batch_size: int = 1, with_masks: bool = True, seed: int = 0
+) -> tuple[ExportForward, torch.Tensor]:
+    """The module every format traces and an example input for it; ``model`` itself is never modified.
+
+    A deep copy on the CPU in float32 and eval mode, its position embeddings baked at ``resolution``, wrapped in
+    :class:`ExportForward`. Parameters keep ``requires_grad``: without autograd the eager code takes in-place fast
+    paths (residual ``addcmul_``, ``gelu_``, reused workspaces) that tracers would have to rewrite.
+
+    Args:
+        model: an :class:`~rfdetr.models.detector.RFDETRModel` or a stage-2 :class:`~rfdetr.models.segmenter.Segmenter`.
+        resolution: square input side R (a multiple of the patch size).
+        batch_size: batch of the example.
+        with_masks: keep the mask output when the model has one.
+        seed: seed of the example's random pixels.
+
+    Returns:
+        (module, example [batch_size, 3, R, R] float32).
+
+    Raises:
+        ValueError: bad batch size, or a resolution that is not a positive multiple of the patch size.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    module = copy.deepcopy(model).cpu().float().eval()
+    module.requires_grad_(True)
+    patch = patch_size(module)
+    if resolution <= 0 or resolution % patch:
+        raise ValueError(f"resolution must be a positive multiple of the patch size {patch}, got {resolution}")
+    bake_position_embeddings(module, resolution // patch)
+    wrapper = ExportForward(module, with_masks and has_masks(module)).eval()
+    example = torch.randn(batch_size, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
+    return wrapper, example

@@ -1,14 +1,14 @@
-"""Run an exported ONNX file with onnxruntime and get the same :class:`~rfdetr.deploy.detections.Detections` as
-predict().
+"""Run any exported file in its own runtime and get the same :class:`~rfdetr.deploy.detections.Detections` as
+``predict()``.
 
-    from rfdetr.deploy.runner import OnnxModel
-    model = OnnxModel("output/inference_model.onnx")
+    from rfdetr.deploy import load
+    model = load("output/inference_model.tflite")      # or .onnx, .xml (OpenVINO), .pte (ExecuTorch)
     detections = model.predict("image.jpg", threshold=0.5)
 
 Pre-processing (resize, normalisation) and post-processing (top-``num_select`` over queries x classes, boxes and masks
 at the original size, ``score > threshold``) are predict()'s own functions (:mod:`rfdetr.deploy.processing`); only the
-network runs in onnxruntime. Resolution, mean / std, class names and ``num_select`` come from the file's metadata
-(:mod:`rfdetr.deploy.formats.onnx`).
+network runs in the format's runtime (its ``Session``, :mod:`rfdetr.deploy.formats`). Resolution, mean / std, class
+names and ``num_select`` come from the file's metadata.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD
 from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.formats.onnx import INPUT_NAME, INSTALL_HINT, decode_metadata
+from rfdetr.deploy.formats import ExportFormat, format_for_file, get_format, load_format
+from rfdetr.deploy.metadata import decode_metadata
 from rfdetr.deploy.processing import (
     ImageInput,
     export_outputs_to_dict,
@@ -34,77 +35,61 @@ from rfdetr.deploy.processing import (
 )
 from rfdetr.models.postprocess import PostProcess
 
-__all__ = ["OnnxModel"]
+__all__ = ["ExportedModel", "OnnxModel", "load"]
 
 
-def _require_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise ImportError(f"running ONNX files needs the optional package onnxruntime: {INSTALL_HINT}") from err
-    return onnxruntime
-
-
-class OnnxModel:
-    """An exported model in an onnxruntime session, with :meth:`predict` like :meth:`rfdetr.detr.RFDETR.predict`.
+class ExportedModel:
+    """An exported file in its runtime, with :meth:`predict` like :meth:`rfdetr.detr.RFDETR.predict`.
 
     Args:
-        path: an ``.onnx`` file written by :meth:`rfdetr.detr.RFDETR.export` (or ``python -m rfdetr.export``).
-        threads: onnxruntime intra-op threads (default: onnxruntime's choice).
-        providers: onnxruntime execution providers (default: CPU).
+        path: a file written by :meth:`rfdetr.detr.RFDETR.export` (or ``python -m rfdetr.export``).
+        threads: the runtime's intra-op threads (default: the runtime's choice).
+        format: the format's name; default: from the file's suffix.
+        **session_options: passed to the format's ``Session`` (e.g. ``providers`` for onnxruntime).
 
     Attributes:
+        format: the :class:`~rfdetr.deploy.formats.ExportFormat`.
         class_names: names indexed by class id (from the metadata; ``class_{i}`` when absent).
         resolution: the square input side R.
-        masks: whether the file has a ``masks`` output.
+        masks: whether the file has a mask output.
         batch_size: the file's static batch size, or ``None`` for a dynamic batch.
+        metadata: the decoded metadata.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ImportError: onnxruntime is not installed.
-        ValueError: the file is not an RF-DETR export (no ``input`` [B, 3, R, R] input).
+        ImportError: the format's runtime is not installed (the message gives the pip command).
+        ValueError: an unknown suffix, or a file its runtime cannot read or that is not an RF-DETR export.
     """
 
-    def __init__(
-        self, path: str | os.PathLike[str], threads: int | None = None, providers: Sequence[str] | None = None
-    ) -> None:
-        ort = _require_onnxruntime()
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, format: str | None = None,
+                 **session_options: Any) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {self.path}")
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
-        )
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME or len(inputs[0].shape) != 4:
-            found = [(i.name, i.shape) for i in inputs]
-            raise ValueError(
-                f"{self.path} is not an RF-DETR export: expected one input {INPUT_NAME!r} [B, 3, R, R], found {found}"
-            )
-        batch, _, height, width = inputs[0].shape
-        self.batch_size: int | None = batch if isinstance(batch, int) else None
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.masks = "masks" in self.output_names
-        meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+            raise FileNotFoundError(f"exported model not found: {self.path}")
+        self.format: ExportFormat = get_format(format) if format is not None else format_for_file(self.path)
+        self.format.require(for_running=True)
+        self.session = load_format(self.format).Session(self.path, threads, **session_options)
+        batch, channels, height, width = self.session.input_shape
+        if channels != 3 or height != width:
+            raise ValueError(f"{self.path} is not an RF-DETR export: input {self.session.input_shape}, expected "
+                             "[B, 3, R, R]")
+        self.batch_size: int | None = batch
+        meta = decode_metadata(self.session.metadata)
         self.metadata = meta
         self.resolution = int(meta.get("resolution", height))
         if (height, width) != (self.resolution, self.resolution):
-            raise ValueError(
-                f"{self.path}: input is {height}x{width} but the metadata says resolution {self.resolution}"
-            )
+            raise ValueError(f"{self.path}: input is {height}x{width} but the metadata says resolution "
+                             f"{self.resolution}")
         self.mean: tuple[float, ...] = tuple(meta.get("mean", IMAGENET_MEAN))
         self.std: tuple[float, ...] = tuple(meta.get("std", IMAGENET_STD))
-        num_logits = self.session.get_outputs()[1].shape[-1]
+        self.masks = len(self.session.output_names) > 2
         names = meta.get("class_names")
-        self.class_names: list[str] = (
-            list(names) if isinstance(names, list) else [f"class_{i}" for i in range(int(num_logits))]
-        )
-        num_queries = self.session.get_outputs()[0].shape[1]
-        self.postprocess = PostProcess(num_select=int(meta.get("num_select", num_queries)))
+        num_logits = meta.get("num_logits")
+        if isinstance(names, list):
+            self.class_names: list[str] = [str(n) for n in names]
+        else:
+            self.class_names = [f"class_{i}" for i in range(int(num_logits or 0))]
+        self.postprocess = PostProcess(num_select=int(meta.get("num_select", 300)))
 
     def run(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network on preprocessed pixels.
@@ -117,8 +102,8 @@ class OnnxModel:
         """
 
         def session_run(chunk: torch.Tensor) -> list[torch.Tensor]:
-            feed = {INPUT_NAME: np.ascontiguousarray(chunk.cpu().numpy(), dtype=np.float32)}
-            return [torch.from_numpy(out) for out in self.session.run(self.output_names, feed)]
+            outputs = self.session.run(np.ascontiguousarray(chunk.cpu().numpy(), dtype=np.float32))
+            return [torch.from_numpy(np.asarray(out, dtype=np.float32)) for out in outputs]
 
         step = self.batch_size if self.batch_size is not None else max(1, len(pixels))
         return export_outputs_to_dict(run_in_fixed_batches(session_run, pixels, step))
@@ -149,6 +134,29 @@ class OnnxModel:
     def __repr__(self) -> str:
         batch = "dynamic" if self.batch_size is None else self.batch_size
         return (
-            f"OnnxModel({str(self.path)!r}, resolution={self.resolution}, classes={len(self.class_names)}, "
-            f"masks={self.masks}, batch={batch})"
+            f"{type(self).__name__}({str(self.path)!r}, format={self.format.name}, resolution={self.resolution}, "
+            f"classes={len(self.class_names)}, masks={self.masks}, batch={batch})"
         )
+
+
+class OnnxModel(ExportedModel):
+    """An ``.onnx`` file in onnxruntime (the name from before other formats; :func:`load` serves every format).
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: onnxruntime intra-op threads.
+        providers: onnxruntime execution providers (default: CPU).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None,
+                 providers: Sequence[str] | None = None) -> None:
+        super().__init__(path, threads, format="onnx", providers=providers)
+
+
+def load(path: str | os.PathLike[str], threads: int | None = None) -> ExportedModel:
+    """An exported file (``.onnx``, ``.tflite``, ``.xml``, ``.pte`` ...) ready to :meth:`~ExportedModel.predict`.
+
+    Raises:
+        FileNotFoundError, ImportError, ValueError: as :class:`ExportedModel`.
+    """
+    return ExportedModel(path, threads)

@@ -18,51 +18,29 @@ from rfdetr import export as export_cli  # noqa: E402
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rfdetr.deploy.formats.onnx import check_onnx_graph, export_onnx, read_metadata  # noqa: E402
 from rfdetr.deploy.runner import OnnxModel  # noqa: E402
-from rfdetr.detr import RFDETR, RFDETRTiny, load_model  # noqa: E402
+from rfdetr.detr import RFDETR, load_model  # noqa: E402
 from rfdetr.models.segmenter import Segmenter  # noqa: E402
-
-RESOLUTION = 64
-NAMES = ["circle", "square", "triangle"]
-
-
-class RFDETRTinySeg(RFDETR):
-    """The tiny config with rfdetr's own segmentation head: a single-stage segmentation model."""
-
-    size = "tiny"
-
-    def _config_for(self, *args: object) -> object:  # type: ignore[override]
-        return super()._config_for(*args).replace(segmentation_head=True)  # type: ignore[arg-type]
-
+from tests.deploy.models import (  # noqa: E402
+    NAMES,
+    RESOLUTION,
+    assert_outputs_match,
+    assert_same_detections,
+    image,
+    tiny_detector,
+    tiny_segmenter,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _perturb(model: torch.nn.Module, seed: int) -> None:
-    """Random non-trivial weights (the zero-initialised box delta and mask bias would hide errors)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-
-
 @pytest.fixture(scope="module")
 def detector() -> RFDETR:
-    torch.manual_seed(0)
-    model = RFDETRTiny(pretrain_weights=False, num_classes=3, class_names=NAMES, device="cpu")
-    _perturb(model.model, 1)
-    return model
+    return tiny_detector()
 
 
 @pytest.fixture(scope="module")
 def segmenter() -> RFDETR:
-    torch.manual_seed(0)
-    model = RFDETRTinySeg(pretrain_weights=False, num_classes=3, class_names=NAMES, device="cpu")
-    _perturb(model.model, 2)
-    return model
-
-
-def _image(height: int = 70, width: int = 90, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return tiny_segmenter()
 
 
 def _assert_graph_portable(path: Path) -> None:
@@ -73,42 +51,6 @@ def _assert_graph_portable(path: Path) -> None:
     resizes = [n for n in proto.graph.node if n.op_type == "Resize"]
     assert all(a.name != "antialias" or a.i == 0 for n in resizes for a in n.attribute)
     assert "GridSample" in {n.op_type for n in proto.graph.node}  # deformable attention as a standard op
-
-
-def _assert_outputs_match(model: RFDETR, session_path: Path, batch: int = 1) -> None:
-    """Raw graph outputs: boxes and logits within 1e-4, masks within 1e-3 (max abs), same top detections."""
-    pixels = torch.randn(batch, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(5))
-    session = ort.InferenceSession(str(session_path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": pixels.numpy()})
-    with torch.no_grad():
-        expected = model.model.forward_export(pixels)
-    if not model.masks:
-        expected = expected[:2]
-    assert len(got) == len(expected)
-    for name, ours, theirs, tol in zip(("dets", "labels", "masks"), got, expected, (1e-4, 1e-4, 1e-3), strict=False):
-        assert ours.shape == tuple(theirs.shape), name
-        assert np.abs(ours - theirs.numpy()).max() <= tol, name
-    # The same top detections: top-10 (query, class) pairs by score.
-    top_ours = np.argsort(-got[1].reshape(batch, -1), axis=1, kind="stable")[:, :10]
-    top_torch = torch.sort(expected[1].flatten(1), dim=1, descending=True, stable=True).indices[:, :10]
-    np.testing.assert_array_equal(top_ours, top_torch.numpy())
-
-
-def _assert_same_detections(model: RFDETR, onnx_model: OnnxModel, images: list[np.ndarray]) -> None:
-    ours = model.predict(images, threshold=0.0)
-    theirs = onnx_model.predict(images, threshold=0.0)
-    assert isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs) == len(images)
-    for a, b in zip(ours, theirs, strict=True):
-        assert len(a) == len(b) == model.postprocess.num_select
-        np.testing.assert_allclose(b.confidence, a.confidence, atol=1e-5)
-        np.testing.assert_array_equal(b.class_id[:10], a.class_id[:10])
-        np.testing.assert_allclose(b.xyxy[:10], a.xyxy[:10], atol=1e-3)
-        assert b.class_name == a.class_name
-        if a.mask is None:
-            assert b.mask is None
-        else:
-            assert b.mask is not None and b.mask.shape == a.mask.shape
-            assert (b.mask[:10] != a.mask[:10]).mean() < 1e-3  # only pixels whose logit is ~0 may flip
 
 
 def test_detection_export_matches_pytorch(detector: RFDETR, tmp_path: Path) -> None:
@@ -123,13 +65,13 @@ def test_detection_export_matches_pytorch(detector: RFDETR, tmp_path: Path) -> N
     assert meta["class_names"] == NAMES + ["class_3"] or meta["class_names"] == NAMES
     assert meta["resolution"] == RESOLUTION and meta["masks"] is False and meta["num_select"] == 20
     assert meta["mean"] == list(IMAGENET_MEAN) and meta["std"] == list(IMAGENET_STD)
-    _assert_outputs_match(detector, path)
+    assert_outputs_match(detector, OnnxModel(path))
 
     onnx_model = OnnxModel(path, threads=1)
     assert onnx_model.class_names == detector.class_names and not onnx_model.masks and onnx_model.batch_size == 1
     # Three images of different sizes through a batch-1 file: predict() runs them one by one.
-    _assert_same_detections(detector, onnx_model, [_image(), _image(40, 64, 1), _image(64, 48, 2)])
-    single = onnx_model.predict(_image(), threshold=0.5)
+    assert_same_detections(detector, onnx_model, [image(), image(40, 64, 1), image(64, 48, 2)])
+    single = onnx_model.predict(image(), threshold=0.5)
     assert not isinstance(single, list) and (single.confidence > 0.5).all()
 
 
@@ -139,11 +81,11 @@ def test_segmentation_export_matches_pytorch(segmenter: RFDETR, tmp_path: Path) 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["dets", "labels", "masks"]
     assert session.get_outputs()[2].shape == [2, 20, RESOLUTION // 4, RESOLUTION // 4]
-    _assert_outputs_match(segmenter, path, batch=2)
+    assert_outputs_match(segmenter, OnnxModel(path), batch=2)
     onnx_model = OnnxModel(path)
     assert onnx_model.masks and onnx_model.batch_size == 2
     # Three images through a batch-2 file: one full chunk, one padded.
-    _assert_same_detections(segmenter, onnx_model, [_image(), _image(40, 64, 1), _image(64, 48, 2)])
+    assert_same_detections(segmenter, onnx_model, [image(), image(40, 64, 1), image(64, 48, 2)])
 
 
 def test_stage2_export_cli_dynamic_batch(
@@ -158,10 +100,10 @@ def test_stage2_export_cli_dynamic_batch(
     assert isinstance(model.model, Segmenter) and model.masks
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 3, RESOLUTION, RESOLUTION]
-    _assert_outputs_match(model, path, batch=3)
+    assert_outputs_match(model, OnnxModel(path), batch=3)
     onnx_model = OnnxModel(path)
     assert onnx_model.batch_size is None and onnx_model.class_names[:3] == NAMES
-    _assert_same_detections(model, onnx_model, [_image(), _image(40, 64, 1)])
+    assert_same_detections(model, onnx_model, [image(), image(40, 64, 1)])
 
     # --no_masks: the stage-2 checkpoint loads as its detector alone.
     argv = ["--weights", str(tiny_stage2_checkpoint), "--size", "tiny", "--output", str(tmp_path / "det"), "--no_masks"]
@@ -205,8 +147,8 @@ def test_check_onnx_graph_flags_custom_ops_and_antialias() -> None:
 def test_export_errors(
     detector: RFDETR, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(ValueError, match="unknown export format 'tflite'; supported: onnx"):
-        detector.export(tmp_path, format="tflite")
+    with pytest.raises(ValueError, match="unknown export format 'coreml'; supported: onnx"):
+        detector.export(tmp_path, format="coreml")
     with pytest.raises(ValueError, match="opset must be between 16"):
         detector.export(tmp_path, opset=13)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
@@ -215,10 +157,10 @@ def test_export_errors(
     missing = tmp_path / "missing.pth"
     assert export_cli.main(parser.parse_args(["--weights", str(missing)])) == 2
     assert f"rfdetr.export: error: weights '{missing}' not found" in capsys.readouterr().err
-    assert export_cli.main(parser.parse_args(["--weights", str(missing), "--format", "tflite"])) == 2
-    assert "unknown --format 'tflite'; supported: onnx" in capsys.readouterr().err
+    assert export_cli.main(parser.parse_args(["--weights", str(missing), "--format", "coreml"])) == 2
+    assert "unknown export format 'coreml'; supported: onnx" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
-    with pytest.raises(ImportError, match="pip install onnx onnxruntime"):
+    with pytest.raises(ImportError, match=r"needs onnx, which is not installed: pip install onnx==.* onnxruntime=="):
         detector.export(tmp_path)
     assert not list(tmp_path.glob("*.onnx"))
 

@@ -14,8 +14,9 @@ resolution:
 
 Only standard ONNX operators (default domain) end up in the graph: the DINOv2 position embeddings, which eager mode
 resizes with an antialiased bicubic interpolation when the input grid differs from the stored one, are computed once
-at the export resolution and stored as a constant (:func:`bake_position_embeddings`), and deformable attention is
-``F.grid_sample``, i.e. ONNX ``GridSample`` (opset >= 16). :func:`check_onnx_graph` verifies both properties.
+at the export resolution and stored as a constant (:func:`rfdetr.deploy.graph.bake_position_embeddings`), and
+deformable attention is ``F.grid_sample``, i.e. ONNX ``GridSample`` (opset >= 16). :func:`check_onnx_graph` verifies
+both properties.
 
 ``onnx`` and ``onnxruntime`` are optional dependencies (``pip install onnx onnxruntime``); they are imported only when
 exporting or running an exported file.
@@ -23,22 +24,24 @@ exporting or running an exported file.
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from rfdetr.deploy.graph import ExportForward, bake_position_embeddings, has_masks, patch_size
+from rfdetr.deploy.graph import ExportForward, prepare_export
+from rfdetr.deploy.metadata import decode_metadata
 
 __all__ = [
-        "INPUT_NAME",
+    "INPUT_NAME",
+    "Session",
+    "export",
     "MIN_OPSET",
     "OUTPUT_NAMES",
     "check_onnx_graph",
@@ -71,60 +74,42 @@ def require_onnx() -> Any:
     return onnx
 
 
-def export_onnx(
-    model: nn.Module,
+def export(
+    module: ExportForward,
     path: str | os.PathLike[str],
-    resolution: int,
-    *,
-    batch_size: int = 1,
-    dynamic_batch: bool = False,
-    opset: int = 17,
-    with_masks: bool = True,
+    example: torch.Tensor,
     metadata: Mapping[str, str] | None = None,
+    *,
+    half: bool = False,
+    opset: int = 17,
+    dynamic_batch: bool = False,
     simplify: bool = False,
 ) -> Path:
-    """Export ``model``'s single-group inference graph to an ONNX file.
+    """Write a prepared export module (:func:`rfdetr.deploy.graph.prepare_export`) as an ONNX file.
 
     Args:
-        model: an :class:`~rfdetr.models.detector.RFDETRModel` (detection or single-stage segmentation) or a
-            stage-2 :class:`~rfdetr.models.segmenter.Segmenter`; it is deep-copied, never modified.
-        path: the ``.onnx`` file to write (atomically; parent folders are created, an existing file is replaced).
-        resolution: square input side R, a multiple of the model's patch size times its windows.
-        batch_size: batch of the traced input (the static batch size unless ``dynamic_batch``).
-        dynamic_batch: make dimension 0 of the input and of every output symbolic (``batch``).
+        module: the traced forward (eval, CPU, float32, position embeddings baked).
+        path: the ``.onnx`` file (written atomically; parent folders are created, an existing file is replaced).
+        example: [B, 3, R, R] input the graph is traced with (B is the static batch unless ``dynamic_batch``).
+        metadata: string entries for the file's ``metadata_props``.
+        half: float16 weights are not offered for ONNX (onnxruntime's CPU kernels are float32); must be False.
         opset: ONNX opset, 16..20 (GridSample needs 16).
-        with_masks: export the ``masks`` output when the model has one.
-        metadata: string entries added to the file's ``metadata_props`` (class names, preprocessing ...).
+        dynamic_batch: make dimension 0 of the input and of every output symbolic (``batch``).
         simplify: run ``onnxsim`` on the graph if it is installed (logged and skipped otherwise).
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ImportError: onnx is not installed.
-        ValueError: bad opset, batch size or resolution; or the graph contains a non-standard operator or an
-            antialiased resize.
+        ValueError: bad opset, ``half``, or a graph with a non-standard operator or an antialiased resize.
     """
     onnx = require_onnx()
+    if half:
+        raise ValueError("--half is not offered for onnx: onnxruntime runs float32 on the CPU; use openvino or "
+                         "tflite for float16 weights")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be between {MIN_OPSET} (GridSample) and {MAX_OPSET}, got {opset}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    module = copy.deepcopy(model).cpu().float().eval()
-    # Traced with autograd on (parameters requiring grad, no ``no_grad``): the eager code takes its in-place fast
-    # paths (residual ``addcmul_``, ``gelu_``) only without autograd, and the exporter would have to rewrite them.
-    module.requires_grad_(True)
-    patch = patch_size(module)
-    if resolution <= 0 or resolution % patch:
-        raise ValueError(f"resolution must be a positive multiple of the patch size {patch}, got {resolution}")
-    bake_position_embeddings(module, resolution // patch)
-    pixels = torch.randn(batch_size, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
-    with_masks = with_masks and has_masks(module)
-    wrapper = ExportForward(module, with_masks).eval()
-    output_names = list(OUTPUT_NAMES[: 3 if with_masks else 2])
+    output_names = list(OUTPUT_NAMES[: 3 if module.with_masks else 2])
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
@@ -145,8 +130,8 @@ def export_onnx(
             # ~10 s and matches eager to ~1e-5. The dynamo exporter (default since torch 2.9) needs onnxscript, which
             # is not a dependency of this project (nor on its package index), so it was not an option here.
             torch.onnx.export(
-                wrapper,
-                (pixels,),
+                module,
+                (example,),
                 str(tmp),
                 dynamo=False,
                 input_names=[INPUT_NAME],
@@ -171,16 +156,45 @@ def export_onnx(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    logger.info(
-        "exported %s (%s, opset %d, input [%s, 3, %d, %d])",
-        path,
-        ", ".join(output_names),
-        opset,
-        "batch" if dynamic_batch else batch_size,
-        resolution,
-        resolution,
-    )
+    batch, _, height, width = example.shape
+    logger.info("exported %s (%s, opset %d, input [%s, 3, %d, %d])", path, ", ".join(output_names), opset,
+                "batch" if dynamic_batch else batch, height, width)
     return path
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    resolution: int,
+    *,
+    batch_size: int = 1,
+    dynamic_batch: bool = False,
+    opset: int = 17,
+    with_masks: bool = True,
+    metadata: Mapping[str, str] | None = None,
+    simplify: bool = False,
+) -> Path:
+    """Export ``model``'s single-group inference graph to an ONNX file (:func:`prepare_export` + :func:`export`).
+
+    Args:
+        model: an :class:`~rfdetr.models.detector.RFDETRModel` (detection or single-stage segmentation) or a
+            stage-2 :class:`~rfdetr.models.segmenter.Segmenter`; it is deep-copied, never modified.
+        path: the ``.onnx`` file to write.
+        resolution: square input side R, a multiple of the model's patch size times its windows.
+        batch_size: batch of the traced input (the static batch size unless ``dynamic_batch``).
+        dynamic_batch: make dimension 0 of the input and of every output symbolic (``batch``).
+        opset: ONNX opset, 16..20.
+        with_masks: export the ``masks`` output when the model has one.
+        metadata: string entries added to the file's ``metadata_props`` (class names, preprocessing ...).
+        simplify: run ``onnxsim`` on the graph if it is installed.
+
+    Raises:
+        ImportError: onnx is not installed.
+        ValueError: bad opset, batch size or resolution; or a graph that is not portable.
+    """
+    require_onnx()
+    module, example = prepare_export(model, resolution, batch_size, with_masks)
+    return export(module, path, example, metadata, opset=opset, dynamic_batch=dynamic_batch, simplify=simplify)
 
 
 def _simplify(proto: Any) -> Any:
@@ -252,12 +266,47 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return decode_metadata({p.key: p.value for p in proto.metadata_props})
 
 
-def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
-    """String metadata -> Python values (JSON where it parses, the string otherwise)."""
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
+class Session:
+    """An ``.onnx`` file in an onnxruntime session (the runner's interface, see :mod:`rfdetr.deploy.formats`).
+
+    Args:
+        path: the file.
+        threads: intra-op threads (default: onnxruntime's choice).
+        providers: execution providers (default: CPU).
+
+    Raises:
+        ImportError: onnxruntime is not installed.
+        ValueError: the file cannot be read as ONNX, or is not an RF-DETR export.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None,
+                 providers: Sequence[str] | None = None) -> None:
         try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ImportError(f"running ONNX files needs the optional package onnxruntime: {INSTALL_HINT}") from err
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors for a bad file
+            raise ValueError(f"{os.fspath(path)}: onnxruntime cannot load it as an ONNX model: "
+                             f"{str(err).splitlines()[0][:300]}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME or len(inputs[0].shape) != 4:
+            found = [(i.name, i.shape) for i in inputs]
+            raise ValueError(f"{os.fspath(path)} is not an RF-DETR export: expected one input {INPUT_NAME!r} "
+                             f"[B, 3, R, R], found {found}")
+        batch = inputs[0].shape[0]
+        self.input_shape: tuple[int | None, int, int, int] = (
+            batch if isinstance(batch, int) else None, *(int(d) for d in inputs[0].shape[1:]))  # type: ignore[assignment]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """[B, 3, R, R] float32 -> boxes [B, Q, 4], logits [B, Q, K][, masks [B, Q, R/4, R/4]]."""
+        feed = {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)}
+        return list(self.session.run(self.output_names, feed))
