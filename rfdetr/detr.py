@@ -33,7 +33,7 @@ from rfdetr.checkpoint import (
 )
 from rfdetr.checkpoint.loading import attach_mask_head, model_config_for_checkpoint, resolve_class_names, split_stage2
 from rfdetr.checkpoint.weights import PRESET_WEIGHTS, resolve_weights
-from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFIG, ModelConfig
+from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFIG, TINY_SEG_CONFIG, ModelConfig
 from rfdetr.data.coco_classes import COCO_CLASSES
 from rfdetr.deploy.detections import Detections
 from rfdetr.deploy.exporter import export_model
@@ -122,7 +122,7 @@ class RFDETR:
         target = cls
         if cls.size is None:
             detector_state, _, _ = split_stage2(ckpt, extract_state_dict(ckpt))
-            target = PRESET_CLASSES[infer_model_config(detector_state, ckpt).name]
+            target = model_class(infer_model_config(detector_state, ckpt).name)
         obj = target.__new__(target)
         obj._setup(ckpt, **kwargs)
         return obj
@@ -363,12 +363,17 @@ PRESET_CLASSES: dict[str, type[RFDETR]] = {
 }
 
 
-# The ~1M-parameter CPU test / demo configuration (``--size tiny``); no official weights exist for it, so it is not
-# one of the rfdetr presets above and ``from_checkpoint`` never picks it.
+# The ~1M-parameter CPU test / demo configurations (``--size tiny``, ``seg-tiny``); no official weights exist for
+# them, so they are not rfdetr presets, and ``from_checkpoint`` picks them only for a checkpoint that records them.
 RFDETRTiny: type[RFDETR] = type(
     "RFDETRTiny", (RFDETR,),
     {"size": TINY_CONFIG.name, "__module__": __name__,
      "__doc__": "The tiny CPU test configuration (not an rfdetr preset; never loads official weights)."},
+)
+RFDETRSegTiny: type[RFDETR] = type(
+    "RFDETRSegTiny", (RFDETR,),
+    {"size": TINY_SEG_CONFIG.name, "__module__": __name__,
+     "__doc__": "The tiny single-stage segmentation test configuration (not an rfdetr preset)."},
 )
 
 
@@ -380,8 +385,10 @@ def model_class(size: str) -> type[RFDETR]:
     """
     if size == TINY_CONFIG.name:
         return RFDETRTiny
+    if size == TINY_SEG_CONFIG.name:
+        return RFDETRSegTiny
     if size not in PRESET_CLASSES:
-        raise ValueError(f"unknown model size {size!r}; choose auto, {', '.join(PRESET_CLASSES)} or tiny")
+        raise ValueError(f"unknown model size {size!r}; choose auto, {', '.join(PRESET_CLASSES)}, tiny or seg-tiny")
     return PRESET_CLASSES[size]
 
 
@@ -391,7 +398,7 @@ def load_model(weights: str | os.PathLike[str], size: str = "auto", **kwargs: An
     Args:
         weights: checkpoint path (ours, rfdetr's, or a stage-2 checkpoint) or an official weight name.
         size: ``auto`` infers the preset from the tensors (:meth:`RFDETR.from_checkpoint`); otherwise a preset key
-            of :func:`model_class` (``tiny`` must be named: it matches no rfdetr preset).
+            of :func:`model_class` (``tiny`` is found by ``auto`` only in a checkpoint that records it).
         **kwargs: constructor arguments (``resolution``, ``device``, ``masks`` ...).
 
     Raises:

@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--half", action="store_true", help="float16 weights (tflite, openvino)")
     parser.add_argument("--output", default=None, help="output folder (default: the folder of --weights)")
     parser.add_argument(
-        "--size", default="auto", help="model preset; 'auto' infers it from the checkpoint ('tiny' must be named)"
+        "--size", default="auto", help="model preset; 'auto': the one the checkpoint records, else from its tensors"
     )
     parser.add_argument("--resolution", type=int, default=None, help="square input side (default: the model's)")
     parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}")

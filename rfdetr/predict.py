@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=0.5, help="keep detections with score > threshold")
     parser.add_argument("--output", default="runs/predict", help="folder for the pictures and predictions.json")
     parser.add_argument(
-        "--size", default="auto", help="model preset; 'auto' infers it from the checkpoint ('tiny' must be named)"
+        "--size", default="auto", help="model preset; 'auto': the one the checkpoint records, else from its tensors"
     )
     parser.add_argument("--resolution", type=int, default=None, help="square input side (default: the model's)")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA when available)")

@@ -223,15 +223,12 @@ class CocoEvaluator:
             coco_eval.params.imgIds = img_ids
             coco_eval.params.catIds = self.label_to_category_id
             coco_eval.params.maxDets = [1, 10, self.max_dets]
-            with _quiet() as printed:
+            with _quiet():
                 coco_eval.evaluate()
                 coco_eval.accumulate()
                 coco_eval.summarize()
             results[iou_type] = self._stats(coco_eval)
-            per_class = ", ".join(f"{n} {ap:.3f}" for n, ap in results[iou_type]["per_class_AP"].items())
-            # Keep the 12 summary lines, not the progress chatter.
-            lines = [line for line in printed.getvalue().splitlines() if line.lstrip().startswith("Average")]
-            summaries.append("\n".join([f"IoU metric: {iou_type}", *lines, f"per-class AP: {per_class}"]))
+            summaries.append(format_summary(iou_type, results[iou_type], self.max_dets))
         self.summary = "\n".join(summaries)
         return results
 
@@ -256,3 +253,38 @@ def _mean_valid(values: np.ndarray) -> float:
     """Mean of the entries COCOeval defined (it writes -1 where a class has no ground truth)."""
     valid = values[values > -1]
     return float(valid.mean()) if valid.size else -1.0
+
+
+# The 12 lines of pycocotools' summary: (AP or AR, IoU range, area, which maxDets slot).
+_SUMMARY_ROWS: tuple[tuple[str, str, str, int], ...] = (
+    ("Precision", "0.50:0.95", "all", 2), ("Precision", "0.50", "all", 2), ("Precision", "0.75", "all", 2),
+    ("Precision", "0.50:0.95", "small", 2), ("Precision", "0.50:0.95", "medium", 2),
+    ("Precision", "0.50:0.95", "large", 2), ("Recall", "0.50:0.95", "all", 0), ("Recall", "0.50:0.95", "all", 1),
+    ("Recall", "0.50:0.95", "all", 2), ("Recall", "0.50:0.95", "small", 2), ("Recall", "0.50:0.95", "medium", 2),
+    ("Recall", "0.50:0.95", "large", 2),
+)
+
+
+def format_summary(iou_type: str, result: Mapping[str, Any], max_dets: int) -> str:
+    """The printable report of one iou type: pycocotools' 12 lines from ``result["stats"]``, then per-class APs.
+
+    pycocotools' own print reads its first line at maxDets=100 and shows -1 when the last slot is another value
+    (upstream trains with 500); this table prints the numbers :meth:`CocoEvaluator.evaluate` returns. A class with no
+    ground truth in the scored images says so instead of showing -1.
+
+    Args:
+        iou_type: ``bbox`` or ``segm``.
+        result: one entry of :meth:`CocoEvaluator.evaluate`'s result.
+        max_dets: the evaluator's last maxDets slot.
+    """
+    slots = (1, 10, max_dets)
+    lines = [f"IoU metric: {iou_type}"]
+    for (kind, iou, area, slot), value in zip(_SUMMARY_ROWS, result["stats"], strict=True):
+        short = "AP" if kind == "Precision" else "AR"
+        title = f"Average {kind}"
+        lines.append(f" {title:<18} ({short}) @[ IoU={iou:<9} | area={area:>6} | maxDets={slots[slot]:>3} ] = "
+                     f"{value:0.3f}")
+    per_class = ", ".join(f"{name} {ap:.3f}" if ap >= 0 else f"{name}: no ground truth"
+                          for name, ap in result["per_class_AP"].items())
+    lines.append(f"per-class AP: {per_class}")
+    return "\n".join(lines)

@@ -52,6 +52,24 @@ def test_ground_truth_scores_one_on_synthetic(synthetic_valid: CocoDetection) ->
     assert "per-class AP: circle 1.000" in evaluator.summary and "Running per image" not in evaluator.summary
 
 
+def test_printed_summary_shows_the_returned_numbers(synthetic_valid: CocoDetection) -> None:
+    """maxDets 500 (upstream's training value): pycocotools' own first line would read -1.000 at maxDets=100."""
+    evaluator = CocoEvaluator.from_dataset(synthetic_valid, max_dets=500)
+    predictions = _gt_as_predictions(synthetic_valid)
+    # Drop every circle, ground truth and prediction alike, from the scored images: that class has no ground truth.
+    keep_ids = [i for i, p in predictions.items() if 0 not in p["labels"].tolist()]
+    assert keep_ids, "the synthetic split needs images without circles"
+    evaluator.update({i: predictions[i] for i in keep_ids})
+    stats = evaluator.evaluate()
+    lines = evaluator.summary.splitlines()
+    first = lines[1]
+    assert first.startswith(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=500 ]")
+    assert first.endswith(f"= {stats['bbox']['stats'][0]:0.3f}") and "-1.000" not in first
+    assert stats["bbox"]["stats"][0] == stats["bbox"]["mAP"] == 1.0
+    assert "circle: no ground truth" in evaluator.summary and "circle -1" not in evaluator.summary
+    assert "square 1.000" in evaluator.summary
+
+
 def test_ground_truth_scores_one_on_strawberry(strawberry_dir: Path) -> None:
     """Strawberry's annotation ids start at 0; without renumbering pycocotools scores the id-0 object as a miss."""
     json_path = strawberry_dir / "valid" / "_annotations.coco.json"

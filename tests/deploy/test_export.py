@@ -91,7 +91,8 @@ def test_segmentation_export_matches_pytorch(segmenter: RFDETR, tmp_path: Path) 
 def test_stage2_export_cli_dynamic_batch(
     tiny_stage2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--weights", str(tiny_stage2_checkpoint), "--size", "tiny", "--output", str(tmp_path), "--dynamic_batch"]
+    # No --size: the checkpoint records its config (``tiny``), so the default ``auto`` finds it.
+    argv = ["--weights", str(tiny_stage2_checkpoint), "--output", str(tmp_path), "--dynamic_batch"]
     assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
     path = tmp_path / "inference_model.onnx"
     assert capsys.readouterr().out.strip().endswith(str(path))
