@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import REPO, Worker, measure, worker_config  # noqa: E402
+from bench_inference import _WORKER, REPO, worker_config  # noqa: E402
+from harness import Worker, measure  # noqa: E402
 
 from rfdetr.config import get_preset  # noqa: E402
 from rfdetr.models import build_model  # noqa: E402
@@ -122,9 +123,9 @@ def main(args: argparse.Namespace) -> int:
     gemm, gflop = kernels["gemm_ms"], kernels["gemm_gflop"]
     floor = gemm + kernels["attention_ms"]
     base = worker_config(args.size, res, args.batch, args.threads, warmup=2)
-    workers = [Worker("ours", sys.executable, {**base, "impl": "ours"}, str(REPO))]
+    workers = [Worker("ours", sys.executable, {**base, "impl": "ours"}, str(REPO), _WORKER)]
     if args.upstream_python:
-        workers.append(Worker("upstream", args.upstream_python, {**base, "impl": "upstream"}, None))
+        workers.append(Worker("upstream", args.upstream_python, {**base, "impl": "upstream"}, None, _WORKER))
     measure(workers, rounds=max(1, args.iters // 3), iters=3)
     ours = statistics.median(workers[0].times)
     line = (

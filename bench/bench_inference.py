@@ -21,13 +21,11 @@ The PyTorch forwards (ours and upstream's) are the full eval forward (auxiliary 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness import Worker, measure
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,60 +83,6 @@ with torch.inference_mode():
 """
 
 
-@dataclass
-class Worker:
-    """One model in its own process; :meth:`time` runs ``n`` forwards there and returns their times in ms."""
-
-    name: str
-    python: str
-    config: dict
-    pythonpath: str | None
-    iters_scale: float = 1.0
-    times: list[float] = field(default_factory=list)
-    rounds: list[float] = field(default_factory=list)
-    faults: int = 0
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        if self.pythonpath:
-            env["PYTHONPATH"] = self.pythonpath
-        # cwd "/": nothing in the working directory may shadow the package the worker is meant to import.
-        self.proc = subprocess.Popen(
-            [self.python, "-c", _WORKER, json.dumps(self.config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd="/",
-            env=env,
-        )
-        self._read()
-
-    def time(self, n: int) -> list[float]:
-        n = max(1, round(n * self.iters_scale))
-        self.proc.stdin.write(f"{n}\n")
-        self.proc.stdin.flush()
-        answer = self._read()
-        times = answer["times"]
-        self.faults += answer["faults"]
-        self.times += times
-        self.rounds.append(statistics.median(times))
-        return times
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write("0\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-
-    def _read(self) -> object:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=60)
-            raise RuntimeError(f"benchmark worker {self.name!r} failed:\n{self.proc.stderr.read()[-3000:]}")
-        return json.loads(line)
-
-
 def worker_config(size: str, resolution: int, batch: int, threads: int, warmup: int) -> dict:
     """The worker settings shared by every implementation of one preset (add ``impl``)."""
     from rfdetr.config import get_preset
@@ -157,33 +101,20 @@ def make_workers(args: argparse.Namespace, size: str, resolution: int) -> list[W
     """The workers for one preset, in report order; upstream (when asked for) is the last."""
     base = worker_config(size, resolution, args.batch, args.threads, args.warmup)
     ours = str(REPO)
-    workers = [Worker("ours fp32", sys.executable, {**base, "impl": "ours"}, ours)]
+    workers = [Worker("ours fp32", sys.executable, {**base, "impl": "ours"}, ours, _WORKER)]
     for path in args.compare:
         # Absolute: the workers run in "/", where a relative PYTHONPATH would silently import the installed package.
-        workers.append(Worker(f"ours fp32 @ {path}", sys.executable, {**base, "impl": "ours"}, str(path.resolve())))
+        workers.append(Worker(f"ours fp32 @ {path}", sys.executable, {**base, "impl": "ours"}, str(path.resolve()),
+                              _WORKER))
     if not args.no_bf16:
         # bf16 can be several times slower than fp32 on CPUs without native bf16: fewer iterations per round.
-        workers.append(Worker("ours bf16", sys.executable, {**base, "impl": "bf16"}, ours, iters_scale=0.34))
+        workers.append(Worker("ours bf16", sys.executable, {**base, "impl": "bf16"}, ours, _WORKER, iters_scale=0.34))
     if args.onnx:
-        workers.append(Worker("onnxruntime fp32", sys.executable, {**base, "impl": "onnx"}, ours))
+        workers.append(Worker("onnxruntime fp32", sys.executable, {**base, "impl": "onnx"}, ours, _WORKER))
     if args.upstream_python:
-        workers.append(Worker("upstream 1.11.2 fp32", args.upstream_python, {**base, "impl": "upstream"}, None))
+        upstream = {**base, "impl": "upstream"}
+        workers.append(Worker("upstream 1.11.2 fp32", args.upstream_python, upstream, None, _WORKER))
     return workers
-
-
-def measure(workers: list[Worker], rounds: int, iters: int) -> None:
-    """Start the workers, then ``rounds`` rounds of ``iters`` forwards each, the order rotating every round."""
-    try:
-        for worker in workers:
-            worker.start()
-        for r in range(rounds):
-            shift = r % len(workers)
-            for worker in workers[shift:] + workers[:shift]:
-                worker.time(iters)
-    finally:
-        for worker in workers:
-            if hasattr(worker, "proc"):
-                worker.stop()
 
 
 def report(size: str, resolution: int, workers: list[Worker], upstream: Worker | None) -> str:

@@ -1,0 +1,285 @@
+"""Deployment latency: every export format next to our PyTorch forward and rfdetr 1.11.2's, side by side in one run.
+
+    python bench/bench_deploy.py --upstream-python /work/upstream-venv/bin/python
+    python bench/bench_deploy.py --size nano --formats onnx tflite openvino --rounds 6
+
+For each preset (default nano at 384 and seg-nano at 312 px; random weights, batch 1, ``--threads`` threads) it
+exports our model to every format of the registry whose packages are installed (float32, and float16 weights where
+the format offers them), and with ``--upstream-python`` exports rfdetr 1.11.2's model to the formats it also has
+(onnx, openvino, litert = tflite, executorch) in its own interpreter. Then every model runs in its own long-lived
+worker process (:mod:`harness`), the workers taking turns ``--iters`` runs at a time in a rotating order for
+``--rounds`` rounds. Printed per model: median ms, the spread (min-max of the per-round medians), the ratio to our
+PyTorch forward and to upstream's, the file size and the export time.
+
+Our files run through our runner's ``Session`` (what ``rfdetr.deploy.load`` uses); upstream's files run in the same
+runtimes with the plainest calls (:data:`_WORKER`'s ``raw`` path), input fixed to the export shape. The PyTorch
+forwards are the full eval forward ``predict()`` runs; exported graphs are the single-group export forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Worker, measure  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SIZES = ("nano", "seg-nano")
+UPSTREAM_FORMATS = {"onnx": "onnx", "openvino": "openvino", "tflite": "litert", "executorch": "executorch"}
+
+_WORKER = r"""
+import json, resource, sys, time, warnings
+warnings.filterwarnings("ignore")
+import logging; logging.disable(logging.WARNING)
+import numpy as np, torch
+cfg = json.loads(sys.argv[1])
+torch.set_num_threads(cfg["threads"])
+torch.manual_seed(0)
+res, threads = cfg["resolution"], cfg["threads"]
+x = torch.randn(1, 3, res, res)
+impl = cfg["impl"]
+if impl == "upstream":
+    import rfdetr
+    net = getattr(rfdetr, cfg["upstream_name"])(pretrain_weights=None, resolution=res).model.model.eval()
+    run = lambda: net(x)
+elif impl == "torch":
+    from rfdetr.detr import model_class
+    net = model_class(cfg["size"])(pretrain_weights=False, resolution=res, device="cpu").model
+    run = lambda: net(x)
+elif impl == "ours":
+    from rfdetr.deploy.formats import format_for_file, load_format
+    session = load_format(format_for_file(cfg["path"])).Session(cfg["path"], threads)
+    pixels = x.numpy()
+    run = lambda: session.run(pixels)
+else:  # "raw": a file of upstream's, run with each runtime's plainest calls
+    path = cfg["path"]
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+        run = lambda: sess.run(None, feed)
+    elif path.endswith(".xml"):
+        import openvino as ov
+        core = ov.Core()
+        model = core.read_model(path)
+        if model.inputs[0].get_partial_shape().is_dynamic:
+            model.reshape({model.inputs[0]: [1, 3, res, res]})
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        request = compiled.create_infer_request()
+        pixels = x.numpy()
+        run = lambda: request.infer([pixels])
+    elif path.endswith(".tflite"):
+        from ai_edge_litert.interpreter import Interpreter
+        interp = Interpreter(model_path=path, num_threads=threads)
+        interp.allocate_tensors()
+        detail = interp.get_input_details()[0]
+        data = np.random.default_rng(0).standard_normal(detail["shape"]).astype(detail["dtype"])
+        def run():
+            interp.set_tensor(detail["index"], data)
+            interp.invoke()
+    elif path.endswith(".pte"):
+        from executorch.runtime import Runtime
+        method = Runtime.get().load_program(path).load_method("forward")
+        run = lambda: method.execute([x])
+    else:
+        raise SystemExit(f"no raw runner for {path}")
+with torch.inference_mode():
+    for _ in range(cfg["warmup"]):
+        run()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        if n <= 0:
+            break
+        times = []
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(n):
+            t = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t) * 1000)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        print(json.dumps({"times": times, "faults": faults}), flush=True)
+"""
+
+# Runs in upstream's interpreter: export its model (random weights) to each format asked for; one JSON line out.
+_UPSTREAM_EXPORT = r"""
+import json, sys, time, warnings, logging
+warnings.filterwarnings("ignore"); logging.disable(logging.WARNING)
+import rfdetr
+cfg = json.loads(sys.argv[1])
+model = getattr(rfdetr, cfg["upstream_name"])(pretrain_weights=None, resolution=cfg["resolution"])
+out = {}
+for ours, theirs in cfg["formats"].items():
+    extra = {"openvino_precision": "float32"} if theirs == "openvino" else {}
+    start = time.perf_counter()
+    try:
+        path = model.export(output_dir=f"{cfg['dir']}/{theirs}", format=theirs, verbose=False, **extra)
+        out[ours] = {"path": str(path), "seconds": time.perf_counter() - start}
+    except Exception as err:  # noqa: BLE001 - the bench reports any exporter failure and goes on
+        out[ours] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class Exported:
+    """One exported file to time (or why there is none)."""
+
+    name: str
+    path: Path | None
+    seconds: float
+    error: str = ""
+
+    @property
+    def megabytes(self) -> float:
+        """Size of the model's files (an OpenVINO ``.xml`` with its ``.bin``; metadata JSON not counted)."""
+        if self.path is None:
+            return float("nan")
+        files = [self.path] + ([self.path.with_suffix(".bin")] if self.path.suffix == ".xml" else [])
+        return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+
+
+def export_ours(size: str, resolution: int, formats: list[str], folder: Path) -> list[Exported]:
+    """Our model (random weights, seed 0) exported to each ``format`` or ``format-fp16``."""
+    import torch
+
+    from rfdetr.detr import model_class
+
+    torch.manual_seed(0)
+    model = model_class(size)(pretrain_weights=False, resolution=resolution, device="cpu")
+    out = []
+    for name in formats:
+        fmt, half = name.removesuffix("-fp16"), name.endswith("-fp16")
+        start = time.perf_counter()
+        try:
+            path = model.export(folder / name, format=fmt, half=half)
+            out.append(Exported(f"ours {name}", path, time.perf_counter() - start))
+        except (ValueError, ImportError, RuntimeError) as err:
+            out.append(Exported(f"ours {name}", None, 0.0, f"{type(err).__name__}: {err}"))
+    return out
+
+
+def export_upstream(python: str, size: str, resolution: int, formats: list[str], folder: Path) -> list[Exported]:
+    """rfdetr 1.11.2's model exported by rfdetr itself, in its interpreter (cwd ``/``, no PYTHONPATH)."""
+    from rfdetr.config import get_preset
+
+    wanted = {f: UPSTREAM_FORMATS[f] for f in formats if f in UPSTREAM_FORMATS}
+    cfg = {"upstream_name": get_preset(size).upstream_name, "resolution": resolution, "formats": wanted,
+           "dir": str(folder)}
+    proc = subprocess.run([python, "-c", _UPSTREAM_EXPORT, json.dumps(cfg)], capture_output=True, text=True,
+                          cwd="/", env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())}, timeout=3600)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode or not lines:
+        return [Exported(f"upstream {f}", None, 0.0, f"export process failed: {proc.stderr[-300:]}") for f in wanted]
+    result = json.loads(lines[-1])
+    return [Exported(f"upstream {UPSTREAM_FORMATS[f]}", Path(r["path"]) if "path" in r else None,
+                     r.get("seconds", 0.0), r.get("error", "")) for f, r in result.items()]
+
+
+def report(size: str, resolution: int, workers: list[Worker], files: dict[str, Exported], ours: Worker,
+           upstream: Worker | None, failed: list[Exported]) -> str:
+    lines = [f"{size} @ {resolution} (batch 1):",
+             f"  {'model':<24} {'median':>9} {'spread':>15} {'vs ours torch':>13} {'vs upstream torch':>17} "
+             f"{'size MB':>8} {'export s':>8}"]
+    for w in workers:
+        med = statistics.median(w.times)
+        spread = f"{min(w.rounds):.0f}-{max(w.rounds):.0f}"
+        vs_ours = statistics.median(a / b for a, b in zip(w.rounds, ours.rounds, strict=True))
+        vs_up = (f"{statistics.median(a / b for a, b in zip(w.rounds, upstream.rounds, strict=True)):.2f}x"
+                 if upstream is not None else "-")
+        exported = files.get(w.name)
+        size_mb = f"{exported.megabytes:.1f}" if exported else "-"
+        export_s = f"{exported.seconds:.0f}" if exported else "-"
+        lines.append(f"  {w.name:<24} {med:7.1f}ms {spread:>12} ms {vs_ours:12.2f}x {vs_up:>17} {size_mb:>8} "
+                     f"{export_s:>8}")
+    for e in failed:
+        lines.append(f"  {e.name:<24} not timed: {e.error}")
+    lines.append("  (ratios: median of the per-round ratios; spread: min-max of the per-round medians)")
+    return "\n".join(lines)
+
+
+def available_formats() -> list[str]:
+    """Every registered format whose packages are installed, with its float16 variant where offered."""
+    from rfdetr.deploy.formats import FORMATS
+
+    out = []
+    for name, fmt in FORMATS.items():
+        if fmt.missing():
+            continue
+        out.append(name)
+        if name in ("tflite", "openvino"):
+            out.append(f"{name}-fp16")
+    return out
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", nargs="+", default=list(DEFAULT_SIZES), help="presets to time")
+    parser.add_argument("--formats", nargs="*", default=None,
+                        help="e.g. onnx tflite tflite-fp16 openvino executorch (default: every installed one)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=3, help="timed runs per worker and round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--upstream-python", "--upstream_python", dest="upstream_python", default=None,
+                        help="python of a venv with rfdetr==1.11.2 (and the runtimes), timed in the same run")
+    parser.add_argument("--keep", default=None, help="folder to keep the exported files in (default: a temp dir)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.upstream_python and not Path(args.upstream_python).exists():
+        print(f"--upstream-python {args.upstream_python} does not exist", file=sys.stderr)
+        return 2
+    import torch
+
+    from rfdetr.config import get_preset
+
+    formats = args.formats if args.formats is not None else available_formats()
+    print(f"torch {torch.__version__}, {args.threads} threads, formats {formats}, {args.rounds} rounds x "
+          f"{args.iters} runs per worker, one process per model")
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_deploy_"))
+    try:
+        for size in args.size:
+            res = get_preset(size).resolution
+            base = {"size": size, "resolution": res, "threads": args.threads, "warmup": args.warmup,
+                    "upstream_name": get_preset(size).upstream_name}
+            exported = export_ours(size, res, formats, root / size / "ours")
+            if args.upstream_python:
+                plain = sorted({f.removesuffix("-fp16") for f in formats})
+                exported += export_upstream(args.upstream_python, size, res, plain, root / size / "upstream")
+            ours = Worker("ours torch", sys.executable, {**base, "impl": "torch"}, str(REPO), _WORKER)
+            workers = [ours]
+            upstream = None
+            if args.upstream_python:
+                upstream = Worker("upstream torch", args.upstream_python, {**base, "impl": "upstream"}, None,
+                                  _WORKER)
+                workers.append(upstream)
+            files = {e.name: e for e in exported if e.path is not None}
+            for e in files.values():
+                impl = "ours" if e.name.startswith("ours") else "raw"
+                workers.append(Worker(e.name, sys.executable, {**base, "impl": impl, "path": str(e.path)},
+                                      str(REPO), _WORKER))
+            not_started = measure(workers, args.rounds, args.iters, tolerant=True)
+            failed = [e for e in exported if e.path is None]
+            failed += [Exported(name, None, 0.0, f"runtime failed: {err}") for name, err in not_started.items()]
+            print(report(size, res, workers, files, ours, upstream, failed), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
