@@ -1,5 +1,8 @@
 """User-facing API, familiar to rfdetr users: ``RFDETRNano(...).predict(image)``.
 
+(Over 450 lines: the whole user API is one class, as rfdetr users know it, plus the 14 preset classes; the machinery
+behind each method lives in :mod:`rfdetr.checkpoint` and :mod:`rfdetr.deploy`, and this file only delegates.)
+
 One class per preset of :data:`rfdetr.config.MODEL_PRESETS` (``RFDETRNano`` ... ``RFDETRSeg2XLarge``), each a
 one-line subclass of :class:`RFDETR` that only names its preset. ``RFDETR.from_checkpoint(path)`` picks the class
 from the checkpoint's tensors.
@@ -11,10 +14,8 @@ masks) at the original image size, then ``score > threshold``.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,9 +37,9 @@ from rfdetr.checkpoint.weights import PRESET_WEIGHTS, resolve_weights
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFIG, TINY_SEG_CONFIG, ModelConfig
 from rfdetr.data.coco_classes import COCO_CLASSES
 from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.exporter import export_model
-from rfdetr.deploy.graph import ExportForward
+from rfdetr.deploy.exporter import add_accuracy, export_model, onnx_options
 from rfdetr.deploy.metadata import export_metadata
+from rfdetr.deploy.optimize import ENGINES, cached_engine, default_cache_dir, pick_engine, trace_torch
 from rfdetr.deploy.processing import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
     ImageInput,
     _to_chw01,
@@ -48,6 +49,7 @@ from rfdetr.deploy.processing import (  # noqa: F401 - _to_chw01 and ImageInput 
     run_in_fixed_batches,
     to_detections,
 )
+from rfdetr.deploy.runner import ExportedModel
 from rfdetr.models import PostProcess, build_model
 from rfdetr.models.mask_head import MaskHeadConfig
 from rfdetr.models.segmenter import Segmenter
@@ -105,10 +107,12 @@ class RFDETR:
         if self.size is None:
             raise TypeError("RFDETR is abstract: use a preset class such as RFDETRNano, or RFDETR.from_checkpoint()")
         ckpt = None
+        self.weights_path: Path | None = None
         if pretrain_weights is not False:
             if pretrain_weights is None or pretrain_weights is True:
                 pretrain_weights = PRESET_WEIGHTS[self.size]
-            ckpt = load_checkpoint_file(resolve_weights(pretrain_weights))
+            self.weights_path = Path(resolve_weights(pretrain_weights))
+            ckpt = load_checkpoint_file(self.weights_path)
         self._setup(ckpt, num_classes, class_names, resolution, device, masks)
 
     @classmethod
@@ -118,12 +122,14 @@ class RFDETR:
         Called on :class:`RFDETR` the class is inferred (e.g. a seg-small file gives an ``RFDETRSegSmall``); called
         on a preset class, that class is used. ``kwargs`` are the constructor's (except ``pretrain_weights``).
         """
-        ckpt = load_checkpoint_file(resolve_weights(path))
+        weights = Path(resolve_weights(path))
+        ckpt = load_checkpoint_file(weights)
         target = cls
         if cls.size is None:
             detector_state, _, _ = split_stage2(ckpt, extract_state_dict(ckpt))
             target = model_class(infer_model_config(detector_state, ckpt).name)
         obj = target.__new__(target)
+        obj.weights_path = weights
         obj._setup(ckpt, **kwargs)
         return obj
 
@@ -172,6 +178,7 @@ class RFDETR:
         self._optimized: nn.Module | None = None
         self._optimized_dtype = torch.float32
         self._optimized_batch = 1
+        self._engine: ExportedModel | None = None
 
     def _config_for(
         self,
@@ -223,6 +230,8 @@ class RFDETR:
 
     def _forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Final-layer outputs: ``pred_logits``, ``pred_boxes`` [, ``pred_masks``], in float32."""
+        if self._engine is not None:
+            return {k: v.to(pixels.device) for k, v in self._engine.run(pixels).items()}
         if self._optimized is None:
             out = self.model(pixels)
             return {k: out[k] for k in ("pred_logits", "pred_boxes", "pred_masks") if k in out}
@@ -233,45 +242,75 @@ class RFDETR:
     # ------------------------------------------------------------------------------------------------ optimisation
 
     def optimize_for_inference(
-        self, dtype: torch.dtype = torch.float32, batch_size: int = 1, compile: bool = True
-    ) -> nn.Module:
-        """Install an eval-only copy of the model that :meth:`predict` then uses.
+        self,
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 1,
+        compile: bool = True,
+        engine: str = "torch",
+        int8: bool = False,
+        calibration: str | os.PathLike[str] | None = None,
+        calibration_images: int = 64,
+        cache_dir: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+    ) -> nn.Module | ExportedModel:
+        """Install a faster copy of the network that :meth:`predict` then uses (same pre- and post-processing).
 
-        The copy runs the single-group export graph (no auxiliary or encoder outputs), cast to ``dtype``, and with
-        ``compile`` is traced with ``torch.jit.trace`` at ``batch_size`` x 3 x resolution x resolution (predict then
-        runs batches in chunks of that size). Outputs are cast back to float32 before post-processing. bfloat16
-        trades some accuracy for speed, as in rfdetr.
+        ``engine="torch"`` (rfdetr's behaviour): the single-group export graph cast to ``dtype`` and, with
+        ``compile``, traced with ``torch.jit.trace`` at ``batch_size`` x 3 x R x R. ``"onnxruntime"``,
+        ``"openvino"``, ``"tflite"``: the model exported once to that runtime (``int8``: full-integer, calibrated on
+        ``calibration``), the file cached beside the weights under a key of their hash and the settings, then run
+        there. ``"auto"``: on a CPU the fastest runtime installed (:data:`rfdetr.deploy.optimize.AUTO_ORDER`),
+        else PyTorch (said in one log line).
 
         Args:
-            dtype: ``torch.float32`` or ``torch.bfloat16`` (``torch.float16`` is allowed on CUDA).
-            batch_size: traced batch size.
-            compile: trace the copy; without it the copy runs eagerly.
+            dtype: PyTorch engine: ``torch.float32`` or ``torch.bfloat16`` (``torch.float16`` on CUDA).
+            batch_size: traced / exported batch size.
+            compile: PyTorch engine: trace the copy; without it the copy runs eagerly.
+            engine: ``auto``, ``torch``, ``onnxruntime``, ``openvino`` or ``tflite``.
+            int8: runtime engines: full-integer INT8.
+            calibration: runtime engines: calibration images (a dataset folder or a folder of images).
+            calibration_images: how many to use.
+            cache_dir: where exported files are cached (default: ``.rfdetr_optimized/`` beside the weights).
+            threads: the runtime's threads.
 
         Returns:
-            The installed module.
+            The installed module or :class:`~rfdetr.deploy.runner.ExportedModel`.
+
+        Raises:
+            ValueError: bad dtype, batch size or engine; ``int8`` without calibration.
+            ImportError: a named engine's packages are missing (the message gives the pip command).
         """
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        module: nn.Module = ExportForward(copy.deepcopy(self.model), self.masks).eval().to(dtype)
-        for param in module.parameters():
-            param.requires_grad_(False)
-        if compile:
-            example = torch.zeros(batch_size, 3, self.resolution, self.resolution, device=self.device, dtype=dtype)
-            # The shape checks in the graph become constants at the traced size, which is the point; the tracer's
-            # warnings about them would only alarm users.
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                module = torch.jit.trace(module, example, check_trace=False)
-        self._optimized, self._optimized_dtype, self._optimized_batch = module, dtype, batch_size
-        return module
+        chosen = pick_engine(engine, self.device)
+        self.remove_optimized_model()
+        if chosen is None:
+            if int8:
+                raise ValueError("int8 needs an export runtime (engine='onnxruntime', 'openvino' or 'tflite')")
+            module = trace_torch(self.model, self.masks, dtype, batch_size, self.resolution, self.device, compile)
+            self._optimized, self._optimized_dtype, self._optimized_batch = module, dtype, batch_size
+            return module
+        if int8 and calibration is None:
+            raise ValueError("int8 needs calibration images: calibration=DIR (a dataset folder or a folder of images)")
+        settings = {"resolution": self.resolution, "masks": self.masks, "batch": batch_size, "int8": int8,
+                    "calibration": str(calibration) if int8 else None, "calibration_images": calibration_images}
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(self.weights_path)
+
+        def export(where: Path, name: str) -> Path:
+            return self.export(where, format=ENGINES[chosen], batch_size=batch_size, file_name=name, int8=int8,
+                               calibration=calibration, calibration_images=calibration_images)
+
+        self._engine = cached_engine(self.model, chosen, folder, settings, export, threads)
+        return self._engine
 
     def remove_optimized_model(self) -> None:
-        """Go back to the eager fp32 model in :meth:`predict`."""
+        """Go back to the eager fp32 PyTorch model in :meth:`predict`."""
         self._optimized = None
         self._optimized_dtype = torch.float32
         self._optimized_batch = 1
+        self._engine = None
 
     # ------------------------------------------------------------------------------------------------------ export
 
@@ -285,6 +324,12 @@ class RFDETR:
         opset: int = 17,
         dynamic_batch: bool = False,
         simplify: bool = False,
+        int8: bool = False,
+        calibration: str | os.PathLike[str] | None = None,
+        calibration_images: int = 64,
+        dataset: str | os.PathLike[str] | None = None,
+        split: str = "valid",
+        max_map_drop: float | None = None,
     ) -> Path:
         """Export the model for deployment, in any format of :data:`rfdetr.deploy.formats.FORMATS`.
 
@@ -303,23 +348,37 @@ class RFDETR:
             opset: ONNX only: opset, 16..20.
             dynamic_batch: ONNX only: symbolic batch dimension instead of ``batch_size``.
             simplify: ONNX only: run onnxsim when installed (logged no-op otherwise).
+            int8: full-integer INT8 (weights and activations) calibrated on ``calibration``.
+            calibration: a dataset folder or a folder of images for INT8 calibration (and for the report's output
+                comparison).
+            calibration_images: how many of them to use.
+            dataset: a COCO dataset: the report then holds the file's bbox / segm mAP50:95 against this model's.
+            split: the dataset split scored.
+            max_map_drop: with ``dataset``, refuse a file that loses more mAP50:95 points: it is deleted, its
+                report kept, and ValueError raised.
+
+        A report (format, precision, size, latency, max output differences against this model) is written beside
+        the file as ``<file>.report.json`` (:mod:`rfdetr.deploy.report`).
 
         Returns:
             The path of the written file.
 
         Raises:
-            ValueError: unknown format, or an option the format does not take.
+            ValueError: unknown format, an option the format does not take, an empty or unreadable calibration
+                folder, or a file refused by ``max_map_drop``.
             ImportError: the format's packages are not installed (the message gives the pip command).
         """
-        options: dict[str, Any] = {}
-        if format == "onnx":
-            options = {"opset": opset, "dynamic_batch": dynamic_batch, "simplify": simplify}
-        elif dynamic_batch or simplify or opset != 17:
-            raise ValueError(f"opset, dynamic_batch and simplify are ONNX options; {format!r} does not take them")
+        options = onnx_options(format, opset, dynamic_batch, simplify)
         metadata = export_metadata(type(self).__name__, self.class_names, self.resolution, IMAGENET_MEAN,
                                    IMAGENET_STD, self.postprocess.num_select, self.masks)
-        return export_model(self.model, output_dir, format, self.resolution, metadata, batch_size=batch_size,
-                            half=half, with_masks=self.masks, file_name=file_name, **options)
+        if max_map_drop is not None and dataset is None:
+            raise ValueError("max_map_drop needs a dataset to measure the drop on (dataset=DIR, --dataset DIR)")
+        path = export_model(self.model, output_dir, format, self.resolution, metadata, batch_size=batch_size,
+                            half=half, int8=int8, calibration=calibration, calibration_images=calibration_images,
+                            with_masks=self.masks, file_name=file_name, **options)
+        if dataset is not None:
+            add_accuracy(path, self, dataset, split, max_map_drop)
+        return path
 
     def __repr__(self) -> str:
         cfg = self.model_config

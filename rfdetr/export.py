@@ -31,6 +31,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--format", default="onnx", help=f"export format: {', '.join(EXPORT_FORMATS)}")
     parser.add_argument("--half", action="store_true", help="float16 weights (tflite, openvino)")
+    parser.add_argument("--int8", action="store_true", help="full-integer INT8, calibrated on --calibration images")
+    parser.add_argument("--calibration", default=None, help="dataset folder or folder of images for INT8 calibration")
+    parser.add_argument("--calibration_images", "--calibration-images", type=int, default=64,
+                        help="calibration images used")
+    parser.add_argument("--dataset", default=None,
+                        help="COCO dataset: the report gets the file's mAP50:95 against the float32 model's")
+    parser.add_argument("--split", default="valid", help="split of --dataset that is scored")
+    parser.add_argument("--max_map_drop", "--max-map-drop", type=float, default=None,
+                        help="refuse (exit 2, report kept, file deleted) a file that loses more mAP50:95 points")
     parser.add_argument("--output", default=None, help="output folder (default: the folder of --weights)")
     parser.add_argument(
         "--size", default="auto", help="model preset; 'auto': the one the checkpoint records, else from its tensors"
@@ -67,6 +76,12 @@ def run_export(args: argparse.Namespace) -> Path:
         output,
         format=args.format,
         half=args.half,
+        int8=args.int8,
+        calibration=args.calibration,
+        calibration_images=args.calibration_images,
+        dataset=args.dataset,
+        split=args.split,
+        max_map_drop=args.max_map_drop,
         opset=args.opset,
         batch_size=args.batch_size,
         dynamic_batch=args.dynamic_batch,

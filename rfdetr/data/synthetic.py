@@ -36,6 +36,7 @@ class SyntheticSpec:
         splits: number of images per split.
         width / height: image size in pixels.
         max_objects: at most this many shapes per image (at least one).
+        radius: range of a shape's circumradius, as fractions of the image's shorter side.
         seed: everything (colours, shapes, encodings) is a function of this seed.
     """
 
@@ -43,6 +44,7 @@ class SyntheticSpec:
     width: int = 160
     height: int = 128
     max_objects: int = 3
+    radius: tuple[float, float] = (0.12, 0.25)
     seed: int = 0
 
 
@@ -88,7 +90,7 @@ def _render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[Image.
     occupied = np.zeros((spec.height, spec.width), dtype=bool)
     for _ in range(int(rng.integers(1, spec.max_objects + 1))):
         kind_idx = int(rng.integers(len(CLASS_NAMES)))
-        r = float(rng.uniform(0.12, 0.25) * min(spec.width, spec.height))
+        r = float(rng.uniform(*spec.radius) * min(spec.width, spec.height))
         cx = float(rng.uniform(r, spec.width - r))
         cy = float(rng.uniform(r, spec.height - r))
         polygon = _shape_polygon(CLASS_NAMES[kind_idx], cx, cy, r, float(rng.uniform(0, math.pi)))

@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from rfdetr.deploy.calibration import calibration_arrays, calibration_files
+from rfdetr.deploy.evaluate import evaluate_predictor
 from rfdetr.deploy.formats import get_format, load_format
 from rfdetr.deploy.graph import prepare_export
+from rfdetr.deploy.report import build_report, format_report, load_report, remove_export, write_report
+from rfdetr.deploy.runner import ExportedModel
 
-__all__ = ["default_file_name", "export_model"]
+__all__ = ["add_accuracy", "default_file_name", "export_model", "int8_formats", "onnx_options"]
 
 logger = logging.getLogger(__name__)
 
 
-def default_file_name(format: str, half: bool = False) -> str:
-    """``inference_model.onnx``, ``inference_model_fp16.tflite`` ...: the file name when none is given."""
+def default_file_name(format: str, half: bool = False, int8: bool = False) -> str:
+    """``inference_model.onnx``, ``inference_model_fp16.tflite``, ``inference_model_int8.xml`` ...: the file name
+    when none is given."""
     fmt = get_format(format)
-    return f"inference_model{'_fp16' if half else ''}{fmt.suffix}"
+    return f"inference_model{'_int8' if int8 else '_fp16' if half else ''}{fmt.suffix}"
+
+
+def onnx_options(format: str, opset: int = 17, dynamic_batch: bool = False, simplify: bool = False) -> dict[str, Any]:
+    """The ONNX-only export options as the format's keyword arguments (empty for other formats).
+
+    Raises:
+        ValueError: an ONNX option changed from its default for another format.
+    """
+    if format == "onnx":
+        return {"opset": opset, "dynamic_batch": dynamic_batch, "simplify": simplify}
+    if dynamic_batch or simplify or opset != 17:
+        raise ValueError(f"opset, dynamic_batch and simplify are ONNX options; {format!r} does not take them")
+    return {}
 
 
 def export_model(
@@ -33,11 +53,15 @@ def export_model(
     *,
     batch_size: int = 1,
     half: bool = False,
+    int8: bool = False,
+    calibration: str | os.PathLike[str] | None = None,
+    calibration_images: int = 64,
     with_masks: bool = True,
     file_name: str | None = None,
+    report: bool = True,
     **options: Any,
 ) -> Path:
-    """Write ``model``'s inference graph as a ``format`` file in ``output_dir``.
+    """Write ``model``'s inference graph as a ``format`` file in ``output_dir``, with its report beside it.
 
     Args:
         model: an :class:`~rfdetr.models.detector.RFDETRModel` or a stage-2 :class:`~rfdetr.models.segmenter.Segmenter`
@@ -48,24 +72,108 @@ def export_model(
         metadata: :func:`rfdetr.deploy.metadata.export_metadata` entries.
         batch_size: static batch size of the file.
         half: float16 weights (where the format offers them).
+        int8: full-integer INT8 (weights and activations), calibrated on ``calibration``.
+        calibration: a dataset folder or a folder of images, preprocessed as ``predict()`` does; needed with
+            ``int8``, and without it the report compares outputs on one random input.
+        calibration_images: how many calibration images to use.
         with_masks: keep the mask output when the model has one.
         file_name: name of the file (default: :func:`default_file_name`).
+        report: write ``<file>.report.json`` (:mod:`rfdetr.deploy.report`).
         **options: the format's own options (ONNX: ``opset``, ``dynamic_batch``, ``simplify``).
 
     Returns:
         The written file.
 
     Raises:
-        ValueError: unknown format, bad option, batch size or resolution.
+        ValueError: unknown format, bad option, batch size or resolution; ``int8`` without calibration images or for
+            a format that does not offer it; an empty or unreadable calibration folder.
         ImportError: the format's packages are missing (the message gives the pip command).
     """
     fmt = get_format(format)
     fmt.require()
-    name = file_name or default_file_name(format, half)
+    if int8 and half:
+        raise ValueError("choose one of half (float16 weights) and int8")
+    if int8 and calibration is None:
+        raise ValueError("int8 needs calibration images: pass calibration=DIR (--calibration DIR), a dataset folder "
+                         "or a folder of the images the model will see")
+    module_ = load_format(fmt)
+    if int8 and not hasattr(module_, "quantize"):
+        raise ValueError(f"int8 is not offered for {format}; formats with int8: {', '.join(int8_formats())}")
+    precision = "int8" if int8 else "float16" if half else "float32"
+    name = file_name or default_file_name(format, half, int8)
     if not name.endswith(fmt.suffix):
         raise ValueError(f"file name {name!r} does not end with {fmt.suffix}, the suffix of {format} files")
+    arrays = None
+    if calibration is not None:
+        mean, std = json.loads(metadata["mean"]), json.loads(metadata["std"])
+        arrays = calibration_arrays(calibration_files(calibration, calibration_images), resolution, mean, std)
     module, example = prepare_export(model, resolution, batch_size, with_masks)
-    entries = {**metadata, "format": format, "precision": "float16" if half else "float32"}
+    entries = {**metadata, "format": format, "precision": precision}
     path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    return load_format(fmt).export(module, path, example, entries, half=half, **options)
+    start = time.perf_counter()
+    if int8:
+        assert arrays is not None
+        # The float32 file is the quantizer's input; it is written beside the result under a hidden name and removed.
+        float_path = path.with_name(f".{path.stem}.float32.{os.getpid()}{fmt.suffix}")
+        try:
+            module_.export(module, float_path, example, entries, **options)
+            module_.quantize(float_path, path, arrays, entries, batch=batch_size)
+        finally:
+            remove_export(float_path)
+    else:
+        module_.export(module, path, example, entries, half=half, **options)
+    seconds = time.perf_counter() - start
+    if report:
+        inputs = arrays if arrays is not None else [example[:1].numpy()]
+        write_report(path, build_report(path, fmt, precision, module, inputs, seconds, batch_size))
+    return path
+
+
+def int8_formats() -> list[str]:
+    """The formats whose module offers full-integer INT8 (``quantize``)."""
+    from rfdetr.deploy.formats import FORMATS
+
+    return [name for name, fmt in FORMATS.items() if hasattr(load_format(fmt), "quantize")]
+
+
+def add_accuracy(path: str | os.PathLike[str], reference: Any, dataset: str | os.PathLike[str], split: str = "valid",
+                 max_map_drop: float | None = None) -> dict[str, Any]:
+    """COCO mAP50:95 of the exported file and of its float32 ``reference`` on ``dataset``, added to the report.
+
+    Args:
+        path: the exported file (its report must exist).
+        reference: the float32 model it came from (anything with ``predict``, ``class_names`` and ``masks``).
+        dataset: a COCO dataset folder.
+        split: the split scored.
+        max_map_drop: refuse the file when bbox or segm mAP50:95 drops by more than this many points: its files
+            are deleted, the report (marked ``refused``) is kept, and ValueError is raised.
+
+    Returns:
+        The report's ``accuracy`` entry.
+
+    Raises:
+        ValueError: the file lost more than ``max_map_drop`` points (the message gives the numbers).
+    """
+    theirs = evaluate_predictor(ExportedModel(path), dataset, split, progress=False)
+    ours = evaluate_predictor(reference, dataset, split, progress=False)
+    types = [t for t in ("bbox", "segm") if t in theirs and t in ours]
+    accuracy = {
+        "dataset": str(dataset), "split": split, "images": theirs["images"],
+        "exported": {t: theirs[t]["mAP"] for t in types}, "float32": {t: ours[t]["mAP"] for t in types},
+        "exported_mAP50": {t: theirs[t]["mAP50"] for t in types}, "float32_mAP50": {t: ours[t]["mAP50"] for t in types},
+        "drop_points": {t: round(100 * (ours[t]["mAP"] - theirs[t]["mAP"]), 3) for t in types},
+        "max_map_drop": max_map_drop,
+    }
+    report = load_report(path)
+    report["accuracy"] = accuracy
+    worst = max(accuracy["drop_points"].values(), default=0.0)
+    refused = max_map_drop is not None and worst > max_map_drop
+    report["refused"] = refused
+    write_report(path, report)
+    if refused:
+        remove_export(path)
+        raise ValueError(f"{path} refused: it loses {worst:.2f} mAP50:95 points on {dataset} {split}, more than "
+                         f"--max_map_drop {max_map_drop}; the file was deleted, its report kept: "
+                         f"{format_report(report)}")
+    return accuracy

@@ -310,3 +310,75 @@ class Session:
         """[B, 3, R, R] float32 -> boxes [B, Q, 4], logits [B, Q, K][, masks [B, Q, R/4, R/4]]."""
         feed = {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)}
         return list(self.session.run(self.output_names, feed))
+
+
+# Operators quantized to INT8: the matrix products and convolutions, which hold nearly all of the compute. The rest
+# (LayerNorm, Softmax, GELU, GridSample, the box / score arithmetic) stays float: ORT has no faster integer kernels
+# for them, and quantizing them only adds quantize / dequantize pairs.
+INT8_OPS: tuple[str, ...] = ("MatMul", "Conv", "Gemm")
+
+
+def quantize(
+    float_path: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    calibration: Sequence[np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    batch: int = 1,
+    exclude: Sequence[str] = (),
+) -> Path:
+    """Static full-integer INT8 (QDQ) of a float32 ONNX file, calibrated on preprocessed images.
+
+    Weights are int8 per output channel, activations uint8 per tensor (onnxruntime's fast u8s8 kernels on x86);
+    scales come from the min / max seen on ``calibration``.
+
+    Args:
+        float_path: the float32 file written by :func:`export`.
+        path: the INT8 file to write (atomically).
+        calibration: network inputs [1, 3, R, R] float32 (:func:`rfdetr.deploy.calibration.calibration_arrays`).
+        metadata: entries for ``metadata_props`` (written again: the quantizer rebuilds the model).
+        batch: the file's static batch (inputs are repeated to fill it).
+        exclude: node names kept in float (mixed precision).
+
+    Raises:
+        ImportError: onnxruntime is not installed.
+    """
+    onnx = require_onnx()
+    try:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+    except ImportError as err:
+        raise ImportError(f"INT8 ONNX needs onnxruntime's quantization tools: {INSTALL_HINT}") from err
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self._items, None)
+            return None if item is None else {INPUT_NAME: np.repeat(item, batch, axis=0)}
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        quantize_static(str(float_path), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(INT8_OPS), nodes_to_exclude=list(exclude),
+                        calibrate_method=CalibrationMethod.MinMax)
+        proto = onnx.load(str(tmp))
+        del proto.metadata_props[:]
+        for key, value in (metadata or {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = str(key), str(value)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("quantized %s to INT8 on %d calibration images (%s; %d nodes kept in float)", path, len(calibration),
+                ", ".join(INT8_OPS), len(exclude))
+    return path

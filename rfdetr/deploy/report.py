@@ -1,0 +1,124 @@
+"""The export report written beside every exported file (``<file>.report.json``), and printed.
+
+It says what the file is (format, precision, size), how fast it runs here, how far its outputs are from PyTorch
+float32 on the calibration images (or on one random input without them), and, when a dataset was given, what it costs
+in COCO mAP against the float32 model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rfdetr.deploy.formats import ExportFormat, load_format
+from rfdetr.deploy.metadata import sidecar_path
+from rfdetr.util.run_dir import write_json_atomic
+
+__all__ = ["build_report", "companion_files", "format_report", "remove_export", "report_path", "write_report"]
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("boxes", "logits", "masks")
+
+
+def report_path(path: str | os.PathLike[str]) -> Path:
+    """``model.onnx`` -> ``model.onnx.report.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".report.json")
+
+
+def companion_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files that make up an exported model: the file, an OpenVINO ``.bin``, the metadata JSON beside it."""
+    path = Path(path)
+    files = [path, sidecar_path(path)]
+    if path.suffix == ".xml":
+        files.append(path.with_suffix(".bin"))
+    return files
+
+
+def remove_export(path: str | os.PathLike[str]) -> None:
+    """Delete an exported model's files (not its report)."""
+    for file in companion_files(path):
+        file.unlink(missing_ok=True)
+
+
+def _size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in companion_files(path) if f.exists() and f.suffix != ".json") / 1e6
+
+
+def build_report(path: Path, fmt: ExportFormat, precision: str, module: nn.Module, inputs: Sequence[np.ndarray],
+                 export_seconds: float, batch_size: int = 1, latency_runs: int = 5) -> dict[str, Any]:
+    """Run the written file in its runtime against the PyTorch float32 ``module`` it came from.
+
+    Args:
+        path: the exported file.
+        fmt: its format.
+        precision: ``float32``, ``float16`` or ``int8``.
+        module: the prepared float32 :class:`~rfdetr.deploy.graph.ExportForward`.
+        inputs: network inputs [1, 3, R, R] (the calibration images, preprocessed).
+        export_seconds: how long writing the file took.
+        batch_size: the file's static batch (inputs are repeated to fill it).
+        latency_runs: timed runs of the first input (after one warm-up run).
+    """
+    session = load_format(fmt).Session(path)
+    diffs = dict.fromkeys(OUTPUTS[: 3 if module.with_masks else 2], 0.0)
+    for array in inputs:
+        feed = np.repeat(array, batch_size, axis=0)
+        got = session.run(feed)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(feed))
+        for name, ours, theirs in zip(diffs, got, expected, strict=True):
+            diffs[name] = max(diffs[name], float(np.abs(np.asarray(ours, dtype=np.float32) - theirs.numpy()).max()))
+    feed = np.repeat(inputs[0], batch_size, axis=0)
+    session.run(feed)
+    times = []
+    for _ in range(latency_runs):
+        start = time.perf_counter()
+        session.run(feed)
+        times.append((time.perf_counter() - start) * 1000)
+    return {
+        "file": str(path), "format": fmt.name, "precision": precision, "size_mb": round(_size_mb(path), 3),
+        "export_seconds": round(export_seconds, 1),
+        "latency_ms": {"median": round(statistics.median(times), 2), "runs": latency_runs, "batch": batch_size,
+                       "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {platform.processor()}"},
+        "max_abs_diff_vs_pytorch_float32": {k: float(f"{v:.3g}") for k, v in diffs.items()},
+        "compared_on": f"{len(inputs)} calibration image(s)" if len(inputs) > 1 or precision == "int8"
+        else "1 input",
+    }
+
+
+def write_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:
+    """Write ``<file>.report.json`` (atomically) and log its summary."""
+    out = write_json_atomic(report_path(path), dict(report))
+    logger.info("%s", format_report(report))
+    return out
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """One readable paragraph of a report."""
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in report["max_abs_diff_vs_pytorch_float32"].items())
+    text = (f"{report['file']}: {report['format']} {report['precision']}, {report['size_mb']:.1f} MB, "
+            f"{report['latency_ms']['median']:.1f} ms per batch of {report['latency_ms']['batch']} here; max |diff| "
+            f"vs PyTorch float32 on {report['compared_on']}: {diffs}")
+    if "accuracy" in report:
+        acc = report["accuracy"]
+        parts = [f"{t} mAP50:95 {acc['exported'][t]:.4f} vs float32 {acc['float32'][t]:.4f} "
+                 f"({acc['drop_points'][t]:+.2f} points)" for t in acc["exported"]]
+        text += f"; on {acc['dataset']} {acc['split']}: " + ", ".join(parts)
+    return text
+
+
+def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A written report."""
+    return json.loads(report_path(path).read_text())
