@@ -82,3 +82,20 @@ def four_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_synthetic_dataset(root, SyntheticSpec(splits=(("train", 4),), width=64, height=64, max_objects=2, seed=3))
     shutil.copytree(root / "train", root / "valid")
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's folder after ``python -m rfdetr.demo`` (dataset/, stage1/, stage2/, model.pth, prediction.png): its
+    trained tiny model serves the demo, video and INT8 tests. Trained once per session (a few minutes on 2 cores);
+    ``RFDETR_TEST_DEMO_DIR=runs/demo`` reuses a finished demo folder instead (local iterations only)."""
+    import os
+
+    reuse = os.environ.get("RFDETR_TEST_DEMO_DIR")
+    if reuse and (Path(reuse) / "model.pth").is_file():
+        return Path(reuse).resolve()
+    from rfdetr import demo
+
+    out = tmp_path_factory.mktemp("demo")
+    assert demo.main(demo.get_args_parser().parse_args(["--output", str(out)])) == 0
+    return out
