@@ -23,7 +23,7 @@ def render_detections(image: np.ndarray, detections: Detections, mask_alpha: flo
                       line_width: int | None = None) -> np.ndarray:
     """A copy of ``image`` with masks blended in, mask outlines, boxes and ``name score`` labels.
 
-    Tracked detections (``tracker_id`` set) are labelled ``#id name score`` and coloured by track, so that one object
+    Tracked detections (``tracker_id`` >= 0) are labelled ``#id name score`` and coloured by track, so that one object
     keeps its colour from frame to frame whatever its class.
 
     Args:
@@ -46,7 +46,9 @@ def render_detections(image: np.ndarray, detections: Detections, mask_alpha: flo
                          "original image the detections were made on")
     thickness = line_width or max(1, round(max(height, width) / 320))
     canvas = image.astype(np.float32)
-    keys = detections.class_id if detections.tracker_id is None else detections.tracker_id
+    keys = detections.class_id
+    if detections.tracker_id is not None:  # -1: not (yet) in a track, coloured by class
+        keys = np.where(detections.tracker_id >= 0, detections.tracker_id, detections.class_id)
     colors = [np.array(class_color(int(c)), dtype=np.float32) for c in keys]
     if detections.mask is not None:
         # Lowest score first so that the most confident instance ends on top where masks overlap.
@@ -65,7 +67,7 @@ def render_detections(image: np.ndarray, detections: Detections, mask_alpha: flo
         cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
         name = detections.class_name[i] if i < len(detections.class_name) else str(int(detections.class_id[i]))
         label = f"{name} {detections.confidence[i]:.2f}"
-        if detections.tracker_id is not None:
+        if detections.tracker_id is not None and detections.tracker_id[i] >= 0:
             label = f"#{int(detections.tracker_id[i])} {label}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         top = max(0, y0 - th - base - 2)
