@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from rfdetr.deploy.detections import Detections
 
 __all__ = ["TRACK_INSTALL", "Tracker", "require_tracking"]
@@ -31,6 +33,9 @@ def require_tracking() -> Any:
 
 class Tracker:
     """ByteTrack over the frames of one video; ids start at 1 and are never reused within a video.
+
+    ByteTrack confirms a track on its second frame: a detection that starts a track (or that no track takes) is
+    kept with ``tracker_id`` -1, and its object gets its id from the next frame on.
 
     Args:
         fps: frames per second of the frames passed to :meth:`update` (the source's rate divided by the stride),
@@ -58,8 +63,8 @@ class Tracker:
         """Assign track ids to one frame's detections.
 
         Returns:
-            The detections that belong to a track, with ``tracker_id`` set, sorted by descending confidence;
-            detections the tracker leaves unassigned are dropped.
+            The same detections, sorted by descending confidence, with ``tracker_id`` set (-1: not in a confirmed
+            track yet).
         """
         tracked = self._tracker.update(detections.to_supervision())
         if len(tracked) == 0:
@@ -67,4 +72,7 @@ class Tracker:
             empty.tracker_id = empty.class_id.copy()
             return empty
         out = Detections.from_supervision(tracked)
-        return out[out.tracker_id >= 0]
+        assert out.tracker_id is not None
+        # trackers counts from 0; people (and Ultralytics) count objects from 1.
+        out.tracker_id = np.where(out.tracker_id >= 0, out.tracker_id + 1, -1)
+        return out

@@ -5,7 +5,8 @@ For each :class:`~rfdetr.deploy.sources.VideoSource`, :func:`predict_video` writ
 * ``<name>.mp4``: every processed frame, drawn (:func:`~rfdetr.deploy.visualize.render_detections`: masks, boxes,
   ``#track name score`` labels) at the source's size and at its frame rate divided by the stride;
 * ``<name>.jsonl``: one line per processed frame, ``{"frame", "time", "detections": [{"class_id", "class_name",
-  "score", "box" (x1, y1, x2, y2 pixels), "mask" (COCO compressed RLE), "track_id"}]}``;
+  "score", "box" (x1, y1, x2, y2 pixels), "mask" (COCO compressed RLE), "track_id"}]}`` (``track_id`` with
+  ``track``: ``null`` until the tracker confirms the object's track, on its second frame);
 * ``<name>.summary.json``: frames read and processed, detections, the frame rate, and the average milliseconds per
   frame of each stage (read, preprocess, forward, postprocess, track, draw, write);
 * with ``save_frames``, ``<name>_frames/<frame index>.png``.
@@ -192,7 +193,8 @@ def frame_record(index: int, timestamp: float, detections: Detections) -> dict[s
             rle = mask_utils.encode(np.asfortranarray(detections.mask[i].astype(np.uint8)))
             entry["mask"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
         if detections.tracker_id is not None:
-            entry["track_id"] = int(detections.tracker_id[i])
+            track_id = int(detections.tracker_id[i])
+            entry["track_id"] = track_id if track_id >= 0 else None
         entries.append(entry)
     return {"frame": index, "time": round(timestamp, 4), "detections": entries}
 
