@@ -261,3 +261,16 @@ def test_source_kinds_and_frame_record() -> None:
     record = frame_record(3, 0.3, dets)
     assert record["frame"] == 3 and [d["class_name"] for d in record["detections"]] == ["circle", "square"]
     assert "track_id" not in record["detections"][0]  # untracked
+
+
+def test_stage_timer_speed_line() -> None:
+    timer = StageTimer()
+    for ms in (1.0, 3.0):
+        timer.add("forward", ms)
+        timer.add("read", ms / 2)
+    timer.add("custom", 4.0)
+    assert timer.mean_ms() == {"read": 1.0, "forward": 2.0, "custom": 4.0}  # pipeline order, then the rest
+    assert timer.speed_line(640, 480, per=2) == "Speed: 1.0ms read, 2.0ms forward, 2.0ms custom per frame at 640x480"
+    with timer.stage("draw"):
+        pass
+    assert timer.calls["draw"] == 1 and timer.total_ms["draw"] >= 0
