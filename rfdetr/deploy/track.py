@@ -1,7 +1,7 @@
 """Multi-object tracking across video frames: ByteTrack from Roboflow's ``trackers`` package.
 
-supervision (0.26 on) moved its ``ByteTrack`` to the ``trackers`` package as ``ByteTrackTracker``, which takes and
-returns ``supervision.Detections``; both come with the optional extra ``video``
+supervision 0.31 no longer has its ``ByteTrack``: it lives on in Roboflow's ``trackers`` package as
+``ByteTrackTracker``, which takes and returns ``supervision.Detections``; both come with the optional extra ``video``
 (``pip install 'rtdetr-seg[video]'``). Each call of :meth:`Tracker.update` converts our
 :class:`~rfdetr.deploy.detections.Detections` there and back, so a tracked detection keeps its own mask, class and
 score (the tracker selects detections by index, it never mixes fields of different detections).

@@ -274,3 +274,20 @@ def test_stage_timer_speed_line() -> None:
     with timer.stage("draw"):
         pass
     assert timer.calls["draw"] == 1 and timer.total_ms["draw"] >= 0
+
+
+def test_onnx_file_on_video(tiny_stage2_checkpoint: Path, clip: Path, tmp_path: Path) -> None:
+    """An exported file runs the same loop, and ExportedModel.predict times its stages through the same hook."""
+    pytest.importorskip("onnxruntime", reason="needs onnx and onnxruntime (pip install 'rtdetr-seg[onnx]')")
+    model = load_model(tiny_stage2_checkpoint, "tiny", device="cpu")
+    onnx_path = model.export(tmp_path / "exported")
+    out = tmp_path / "out"
+    argv = ["--weights", str(onnx_path), "--source", str(clip), "--output", str(out), "--threshold", "0.0"]
+    assert _run([*argv, "--max_frames", "2"]) == 0
+    summary = json.loads((out / "clip.summary.json").read_text())
+    assert summary["frames_processed"] == 2 and {"preprocess", "forward", "postprocess"} <= set(summary["speed_ms"])
+    first = _lines(out / "clip.jsonl")[0]["detections"]
+    frame = _read_video(clip)[0][0]  # the decoded frame the loop saw
+    expected = model.predict(frame, threshold=0.0)
+    assert len(first) == len(expected)
+    np.testing.assert_allclose([d["score"] for d in first[:5]], expected.confidence[:5], atol=1e-3)
