@@ -45,17 +45,18 @@ def render_detections(image: np.ndarray, detections: Detections, mask_alpha: flo
         raise ValueError(f"masks are {detections.mask.shape[1:]} but the image is {(height, width)}: pass the "
                          "original image the detections were made on")
     thickness = line_width or max(1, round(max(height, width) / 320))
-    canvas = image.astype(np.float32)
+    out = image.copy()
     keys = detections.class_id
     if detections.tracker_id is not None:  # -1: not (yet) in a track, coloured by class
         keys = np.where(detections.tracker_id >= 0, detections.tracker_id, detections.class_id)
     colors = [np.array(class_color(int(c)), dtype=np.float32) for c in keys]
     if detections.mask is not None:
-        # Lowest score first so that the most confident instance ends on top where masks overlap.
+        # Lowest score first so that the most confident instance ends on top where masks overlap. Only the masked
+        # pixels are converted and blended: a full-frame float copy costs more than the rest of the drawing on video.
         for i in np.argsort(detections.confidence):
             mask = detections.mask[i]
-            canvas[mask] = canvas[mask] * (1 - mask_alpha) + colors[i] * mask_alpha
-    out = np.ascontiguousarray(canvas.round().clip(0, 255).astype(np.uint8))
+            blended = out[mask].astype(np.float32) * (1 - mask_alpha) + colors[i] * mask_alpha
+            out[mask] = blended.round().clip(0, 255).astype(np.uint8)
     font_scale = max(0.3, thickness * 0.35)
     for i in range(len(detections)):
         color = tuple(int(v) for v in colors[i])
