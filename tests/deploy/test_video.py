@@ -291,3 +291,21 @@ def test_onnx_file_on_video(tiny_stage2_checkpoint: Path, clip: Path, tmp_path: 
     expected = model.predict(frame, threshold=0.0)
     assert len(first) == len(expected)
     np.testing.assert_allclose([d["score"] for d in first[:5]], expected.confidence[:5], atol=1e-3)
+
+
+def test_interrupted_run_keeps_complete_files(stub: ShapeStub, clip: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the middle: the video and JSON Lines written so far are finalised under their names."""
+    predict = stub.predict
+
+    def interrupt_on_the_fifth(*args: object, **kwargs: object) -> object:
+        if stub.calls == 4:
+            raise KeyboardInterrupt
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(stub, "predict", interrupt_on_the_fifth)
+    out = tmp_path / "out"
+    assert _stub_run(clip, out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip.jsonl", "clip.mp4", "clip.summary.json"]
+    assert json.loads((out / "clip.summary.json").read_text())["ended"] == "interrupted"
+    assert len(_lines(out / "clip.jsonl")) == 4 == len(_read_video(out / "clip.mp4")[0])
