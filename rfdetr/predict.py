@@ -73,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     video.add_argument("--max_frames", "--max-frames", type=int, default=None,
                        help="stop after processing this many frames of each source")
     video.add_argument("--show", action="store_true", help="show the frames in a window (where there is a display)")
+    video.add_argument("--stream_buffer", "--stream-buffer", action="store_true",
+                       help="cameras and live streams (rtsp, rtmp, udp): process every frame even when that falls "
+                            "behind (default: always the newest frame, dropping those the model was too slow for)")
     video.add_argument("--save_frames", "--save-frames", action="store_true",
                        help="also write every processed frame as a PNG (<name>_frames/)")
     return parser
@@ -104,7 +107,7 @@ def run_predict(args: argparse.Namespace) -> None:
         used = {p.stem for p in images}
         summaries = predict_videos(
             model, videos, out, used_names=used, show=args.show, threshold=args.threshold, stride=args.stride,
-            max_frames=args.max_frames, track=args.track, save_frames=args.save_frames,
+            max_frames=args.max_frames, track=args.track, save_frames=args.save_frames, buffer=args.stream_buffer,
             progress=not args.no_progress,
         )
         for s in summaries:

@@ -5,6 +5,10 @@ a glob, a camera index (``0``) or a stream URL (``rtsp://``, ``rtmp://``, ``http
 :func:`collect_sources` sorts them into images (predicted by :mod:`rfdetr.deploy.predict`) and videos
 (:class:`VideoSource`, read frame by frame by :class:`VideoReader`).
 
+A live source (a camera, or an rtsp / rtmp / udp stream) is read in a thread that keeps only the newest frame, so that
+a model slower than the source always sees the present instead of a backlog that grows without end (Ultralytics does
+the same); ``live=False`` reads every frame instead.
+
 Reading never raises mid-run: a file that ends before the frame count its header promises is reported as truncated
 (:attr:`VideoReader.truncated`), and a stream or camera that stops ends the iteration like the end of a file.
 Only a source that cannot be opened, or that yields no frame at all, is an error (:class:`SourceError`).
@@ -17,9 +21,11 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 STREAM_SCHEMES: tuple[str, ...] = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
+# Schemes that only ever carry live video (http(s) often serves a file, which is read frame by frame instead).
+LIVE_SCHEMES: tuple[str, ...] = ("rtsp", "rtsps", "rtmp", "udp", "tcp")
 # Cameras and many streams report no frame rate (0) or nonsense (1000); the writer then needs one anyway.
 DEFAULT_FPS = 30.0
 # How long FFmpeg may wait for a stream to connect or deliver a frame before the read counts as a drop.
@@ -64,6 +72,11 @@ class VideoSource:
         tail = re.sub(r"[?#].*$", "", self.uri).rstrip("/").rsplit("/", 1)[-1]
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(tail).stem).strip("._") or "stream"
         return stem
+
+    @property
+    def is_live(self) -> bool:
+        """A camera or a live-only stream (rtsp, rtmp, udp, tcp): frames arrive in real time whether read or not."""
+        return self.kind == "camera" or (self.kind == "stream" and self.uri.split("://", 1)[0].lower() in LIVE_SCHEMES)
 
     def describe(self) -> str:
         """``video file 'a.mp4'``, ``camera 0`` or ``stream 'rtsp://...'``, for messages."""
@@ -137,11 +150,13 @@ class VideoReader:
         stride: yield every ``stride``-th frame (the others are grabbed, not decoded into RGB).
         max_frames: stop after yielding this many frames (``None``: all).
         timeout_ms: for streams, the connect and read timeout.
+        live: keep only the newest frame, read in a thread (frames the caller was too slow for are dropped); default:
+            for live sources (:attr:`VideoSource.is_live`).
 
     Attributes:
         width / height / fps: the frames' size and the source's frame rate (:data:`DEFAULT_FPS` when it has none).
         frame_count: frames the container announces (``None`` for cameras, streams and files that do not say).
-        frames_read: frames read from the source so far (yielded or skipped by the stride).
+        frames_read: frames read from the source so far (yielded, skipped by the stride, or dropped when live).
         truncated: the file ended before ``frame_count`` frames (set once the iteration is over).
 
     Raises:
@@ -149,10 +164,14 @@ class VideoReader:
     """
 
     def __init__(self, source: VideoSource, stride: int = 1, max_frames: int | None = None,
-                 timeout_ms: int = STREAM_TIMEOUT_MS) -> None:
+                 timeout_ms: int = STREAM_TIMEOUT_MS, live: bool | None = None) -> None:
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.source, self.stride, self.max_frames = source, stride, max_frames
+        self.live = source.is_live if live is None else live
+        self.timeout_ms = timeout_ms
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.frames_read = 0
         self.truncated = False
         self.capture = self._open(timeout_ms)
@@ -199,7 +218,11 @@ class VideoReader:
         return bgr
 
     def __iter__(self) -> Iterator[Frame]:
-        """Yield frames 0, stride, 2 * stride, ... until the source ends or ``max_frames`` are yielded."""
+        """Yield frames 0, stride, 2 * stride, ... until the source ends or ``max_frames`` are yielded (live: the
+        newest frame at least ``stride`` frames after the previous one)."""
+        if self.live:
+            yield from self._iter_live()
+            return
         yielded, index, bgr = 0, 0, self._first
         while self.max_frames is None or yielded < self.max_frames:
             if bgr is None:
@@ -224,8 +247,45 @@ class VideoReader:
         if self.frame_count is not None and self.frames_read < self.frame_count:
             self.truncated = True
 
+    def _iter_live(self) -> Iterator[Frame]:
+        cond = threading.Condition()
+        latest: dict[str, Any] = {"index": 0, "bgr": self._first, "ended": False}
+
+        def pump() -> None:
+            # The only reader of the capture while it runs; close() waits for it before releasing the capture.
+            index = 0
+            while not self._stop.is_set():
+                ok, bgr = self.capture.read()
+                if not ok or bgr is None:
+                    break
+                index += 1
+                with cond:
+                    latest["index"], latest["bgr"] = index, bgr
+                    self.frames_read = index + 1
+                    cond.notify_all()
+            with cond:
+                latest["ended"] = True
+                cond.notify_all()
+
+        self._thread = threading.Thread(target=pump, name=f"read {self.source.describe()}", daemon=True)
+        self._thread.start()
+        yielded, last = 0, -self.stride
+        while self.max_frames is None or yielded < self.max_frames:
+            wanted = last + self.stride
+            with cond:
+                cond.wait_for(lambda: latest["index"] >= wanted or latest["ended"])  # noqa: B023 - called right here
+                if latest["index"] < wanted:
+                    return  # the source ended (or dropped) with no newer frame
+                index, bgr = latest["index"], latest["bgr"]
+            yield Frame(index, index / self.fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            yielded, last = yielded + 1, index
+
     def close(self) -> None:
-        """Release the capture."""
+        """Stop the reading thread (live sources) and release the capture."""
+        self._stop.set()
+        if self._thread is not None:
+            # A read blocks at most for the stream's read timeout; releasing the capture under it could crash.
+            self._thread.join(timeout=self.timeout_ms / 1000 + 1)
         self.capture.release()
 
     def __enter__(self) -> VideoReader:

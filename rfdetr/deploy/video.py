@@ -52,6 +52,7 @@ class VideoSummary:
         source / kind: the source as given and ``file`` / ``camera`` / ``stream``.
         video / jsonl / frames_dir: the files written (``frames_dir`` only with ``save_frames``).
         width / height / fps: the frames' size and the output video's frame rate.
+        live: read in a thread that keeps the newest frame (frames the model was too slow for are dropped).
         frames_read: frames read from the source (processed or skipped by the stride).
         frames_processed: frames predicted, drawn and written.
         detections: detections written over all frames.
@@ -70,6 +71,7 @@ class VideoSummary:
     width: int
     height: int
     fps: float
+    live: bool = False
     frames_read: int = 0
     frames_processed: int = 0
     detections: int = 0
@@ -220,6 +222,7 @@ def predict_video(
     save_frames: bool = False,
     progress: bool = True,
     name: str | None = None,
+    buffer: bool = False,
 ) -> VideoSummary:
     """Predict every ``stride``-th frame of one source and write its video, JSON Lines and summary.
 
@@ -236,6 +239,8 @@ def predict_video(
         save_frames: also write every processed frame as a PNG.
         progress: show a progress bar.
         name: stem of the output files (default: the source's name).
+        buffer: for a live source (camera, rtsp ...), process every frame even when slower than the source; by
+            default a live source is read in a thread and only its newest frame is processed.
 
     Returns:
         A :class:`VideoSummary`.
@@ -252,7 +257,7 @@ def predict_video(
         from rfdetr.deploy.track import Tracker, require_tracking
 
         require_tracking()  # before opening a camera or stream for nothing
-    reader = VideoReader(source, stride=stride, max_frames=max_frames)
+    reader = VideoReader(source, stride=stride, max_frames=max_frames, live=False if buffer else None)
     fps = reader.fps / stride
     if track:
         tracker = Tracker(fps, threshold)
@@ -260,6 +265,7 @@ def predict_video(
     summary = VideoSummary(
         source=source.uri, kind=source.kind, video=str(out / f"{name}.mp4"), jsonl=str(out / f"{name}.jsonl"),
         frames_dir=None if frames_dir is None else str(frames_dir), width=reader.width, height=reader.height, fps=fps,
+        live=reader.live,
     )
     if frames_dir is not None:
         frames_dir.mkdir(exist_ok=True)

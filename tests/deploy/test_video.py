@@ -309,3 +309,23 @@ def test_interrupted_run_keeps_complete_files(stub: ShapeStub, clip: Path, tmp_p
     assert sorted(p.name for p in out.iterdir()) == ["clip.jsonl", "clip.mp4", "clip.summary.json"]
     assert json.loads((out / "clip.summary.json").read_text())["ended"] == "interrupted"
     assert len(_lines(out / "clip.jsonl")) == 4 == len(_read_video(out / "clip.mp4")[0])
+
+
+def test_live_reading_keeps_the_newest_frame(clip: Path, tmp_path: Path) -> None:
+    """A live source and a model slower than it: the backlog is dropped, the newest frame is processed."""
+    import time
+
+    from rfdetr.deploy.sources import VideoReader
+
+    assert VideoSource("0", "camera").is_live and VideoSource("rtsp://h/x", "stream").is_live
+    assert not VideoSource("http://h/x.mp4", "stream").is_live and not VideoSource(str(clip), "file").is_live
+    with VideoReader(VideoSource(str(clip), "file"), live=True) as reader:
+        indices = []
+        for frame in reader:
+            indices.append(frame.index)
+            time.sleep(0.5)  # the thread reads the 11 other frames of the clip meanwhile
+    assert indices[0] == 0 and indices[-1] == 11 and len(indices) < 12
+    assert reader.frames_read == 12 and not reader._thread.is_alive()
+    with VideoReader(VideoSource(str(clip), "file"), live=True, stride=4, max_frames=2) as reader:
+        first = [frame.index for frame in reader]
+    assert first[0] == 0 and len(first) == 2 and first[1] >= 4
