@@ -121,8 +121,10 @@ class Display:
             self._opened = True
             key = cv2.waitKey(1) & 0xFF
         except cv2.error as err:
-            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            self._disable(f"OpenCV cannot open a window ({first})")
+            if "not implemented" in str(err):
+                self._disable("this OpenCV has no GUI (opencv-python-headless; pip install opencv-python for windows)")
+            else:
+                self._disable(f"OpenCV cannot open a window ({str(err).strip()[:200]})")
             return True
         return key not in (ord("q"), 27)
 
