@@ -50,6 +50,7 @@ from rfdetr.deploy.processing import (  # noqa: F401 - _to_chw01 and ImageInput 
     to_detections,
 )
 from rfdetr.deploy.runner import ExportedModel
+from rfdetr.deploy.timing import StageTimer, timed
 from rfdetr.models import PostProcess, build_model
 from rfdetr.models.mask_head import MaskHeadConfig
 from rfdetr.models.segmenter import Segmenter
@@ -198,7 +199,7 @@ class RFDETR:
     # ----------------------------------------------------------------------------------------------------- predict
 
     def predict(
-        self, images: ImageInput | Sequence[ImageInput], threshold: float = 0.5
+        self, images: ImageInput | Sequence[ImageInput], threshold: float = 0.5, timer: StageTimer | None = None
     ) -> Detections | list[Detections]:
         """Detect (and segment) objects.
 
@@ -207,6 +208,7 @@ class RFDETR:
                 [H, W, 3] (or float in [0, 1]), or a float tensor [3, H, W] in [0, 1]; a [B, 3, H, W] tensor is a
                 batch.
             threshold: keep detections with score > threshold.
+            timer: records the ``preprocess``, ``forward`` and ``postprocess`` stages (:mod:`rfdetr.deploy.timing`).
 
         Returns:
             A :class:`Detections` per image (boxes and masks in original pixels); a list for list/batch input.
@@ -214,18 +216,21 @@ class RFDETR:
         Raises:
             ValueError: an input has the wrong type, channel count or value range, or cannot be read.
         """
-        tensors, batched = load_images(images)
-        if len(tensors) == 0:
-            return []
-        sizes = torch.tensor([t.shape[-2:] for t in tensors], device=self.device)  # [B, 2] (H, W)
-        pixels = torch.cat([preprocess(t, self.resolution, self.device) for t in tensors])  # [B, 3, R, R]
+        with timed(timer, "preprocess", self.device):
+            tensors, batched = load_images(images)
+            if len(tensors) == 0:
+                return []
+            sizes = torch.tensor([t.shape[-2:] for t in tensors], device=self.device)  # [B, 2] (H, W)
+            pixels = torch.cat([preprocess(t, self.resolution, self.device) for t in tensors])  # [B, 3, R, R]
         with torch.inference_mode():
-            outputs = self._forward(pixels)
-            with_masks = self.masks and "pred_masks" in outputs
-            if not with_masks:
-                outputs.pop("pred_masks", None)
-            results = self.postprocess(outputs, sizes, score_threshold=threshold)
-        detections = [to_detections(r, threshold, self.class_names) for r in results]
+            with timed(timer, "forward", self.device):
+                outputs = self._forward(pixels)
+            with timed(timer, "postprocess", self.device):
+                with_masks = self.masks and "pred_masks" in outputs
+                if not with_masks:
+                    outputs.pop("pred_masks", None)
+                results = self.postprocess(outputs, sizes, score_threshold=threshold)
+                detections = [to_detections(r, threshold, self.class_names) for r in results]
         return detections if batched else detections[0]
 
     def _forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,12 +1,19 @@
-"""Predict on images and draw the results: ``python -m rfdetr.predict --weights W --source IMG|DIR|GLOB``.
+"""Predict on images, videos, cameras and streams: ``python -m rfdetr.predict --weights W --source SOURCE``.
 
     python -m rfdetr.predict --weights runs/segmentation_nano_384_1/checkpoint_best_total.pth --source photos/
     python -m rfdetr.predict --weights exported/inference_model.onnx --source "photos/**/*.jpg" --threshold 0.4
+    python -m rfdetr.predict --weights model.onnx --source clip.mp4 --track --stride 2
+    python -m rfdetr.predict --weights model.onnx --source 0 --show            # camera 0
+    python -m rfdetr.predict --weights model.onnx --source rtsp://host:8554/cam --track --max_frames 3000
 
-Writes a picture per image and one COCO ``predictions.json`` to ``--output`` (see :mod:`rfdetr.deploy.predict`).
-``--weights`` is a checkpoint (loaded as :class:`rfdetr.detr.RFDETR`) or an exported file (run in its own runtime by
-:mod:`rfdetr.deploy.runner`). Files that cannot be read as images are skipped, counted and logged; the run fails
-(exit code 2) only when no image could be read or the weights cannot be loaded.
+``--source`` is an image, a video (.mp4 .avi .mov .mkv .webm ...), a folder (its images and videos), a glob, a camera
+index or a stream URL (rtsp, rtmp, http, https). Images: a picture each and one COCO ``predictions.json`` in
+``--output`` (see :mod:`rfdetr.deploy.predict`). Videos, cameras and streams: an annotated ``<name>.mp4``, a
+``<name>.jsonl`` with a line per processed frame and a ``<name>.summary.json`` with the per-stage speed (see
+:mod:`rfdetr.deploy.video`). ``--weights`` is a checkpoint (loaded as :class:`rfdetr.detr.RFDETR`) or an exported
+file (run in its own runtime by :mod:`rfdetr.deploy.runner`). Unreadable images are skipped, counted and logged; the
+run fails (exit code 2) when nothing could be read, a camera or stream cannot be opened, or the weights cannot be
+loaded.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from pathlib import Path
 from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
 from rfdetr.deploy.formats import FORMATS
-from rfdetr.deploy.predict import Predictor, collect_images, predict_images
+from rfdetr.deploy.predict import Predictor, predict_images
 from rfdetr.deploy.runner import load
+from rfdetr.deploy.sources import collect_sources
 from rfdetr.util.cli import run_command
 
 EXPORTED_SUFFIXES = {f.suffix for f in FORMATS.values()}
@@ -46,7 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True,
                         help="checkpoint, official weight name, or an exported file (.onnx, .tflite, .xml, .pte)")
-    parser.add_argument("--source", required=True, help="an image, a folder of images, or a glob (quote it)")
+    parser.add_argument("--source", required=True,
+                        help="an image, a video, a folder (images and videos), a glob (quote it), a camera index (0) "
+                             "or a stream URL (rtsp://, http://, https://)")
     parser.add_argument("--threshold", type=float, default=0.5, help="keep detections with score > threshold")
     parser.add_argument("--output", default="runs/predict", help="folder for the pictures and predictions.json")
     parser.add_argument(
@@ -56,18 +66,54 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: CUDA when available)")
     parser.add_argument("--no_masks", "--no-masks", action="store_true", help="boxes only, even with a mask head")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    video = parser.add_argument_group("videos, cameras and streams")
+    video.add_argument("--track", action="store_true",
+                       help="track objects across frames (ByteTrack; needs: pip install 'rtdetr-seg[video]')")
+    video.add_argument("--stride", type=int, default=1, help="process every N-th frame (the others are skipped)")
+    video.add_argument("--max_frames", "--max-frames", type=int, default=None,
+                       help="stop after processing this many frames of each source")
+    video.add_argument("--show", action="store_true", help="show the frames in a window (where there is a display)")
+    video.add_argument("--stream_buffer", "--stream-buffer", action="store_true",
+                       help="cameras and live streams (rtsp, rtmp, udp): process every frame even when that falls "
+                            "behind (default: always the newest frame, dropping those the model was too slow for)")
+    video.add_argument("--save_frames", "--save-frames", action="store_true",
+                       help="also write every processed frame as a PNG (<name>_frames/)")
     return parser
 
 
 def run_predict(args: argparse.Namespace) -> None:
     """Load ``args.weights``, predict on ``args.source`` and print what was written."""
-    paths = collect_images(args.source)
+    if args.stride < 1:
+        raise ValueError(f"--stride must be >= 1, got {args.stride}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max_frames must be >= 1, got {args.max_frames}")
+    images, videos = collect_sources(args.source)
+    if args.track and videos:
+        from rfdetr.deploy.track import require_tracking
+
+        require_tracking()  # before loading the model: a missing package is the first thing to say
     model = load_predictor(args.weights, args.size, args.resolution, args.device, False if args.no_masks else None)
-    summary = predict_images(model, paths, args.output, args.threshold, progress=not args.no_progress)
-    print(
-        f"{summary.num_images} images, {summary.num_detections} detections, {len(summary.skipped)} skipped "
-        f"(unreadable); pictures in {Path(args.output)}, predictions in {summary.predictions}"
-    )
+    out = Path(args.output)
+    if images:
+        summary = predict_images(model, images, out, args.threshold, progress=not args.no_progress)
+        print(
+            f"{summary.num_images} images, {summary.num_detections} detections, {len(summary.skipped)} skipped "
+            f"(unreadable); pictures in {out}, predictions in {summary.predictions}"
+        )
+    if videos:
+        from rfdetr.deploy.video import predict_videos
+
+        # Image pictures are named after their sources' stems too; keep the videos' outputs apart from them.
+        used = {p.stem for p in images}
+        summaries = predict_videos(
+            model, videos, out, used_names=used, show=args.show, threshold=args.threshold, stride=args.stride,
+            max_frames=args.max_frames, track=args.track, save_frames=args.save_frames, buffer=args.stream_buffer,
+            progress=not args.no_progress,
+        )
+        for s in summaries:
+            print(f"{s.source}: {s.frames_processed} frames processed of {s.frames_read} read ({s.ended}), "
+                  f"{s.detections} detections, {s.fps_processed:.1f} frames/s; video {s.video}, frames {s.jsonl}")
+            print(s.speed_line)
 
 
 def main(args: argparse.Namespace) -> int:

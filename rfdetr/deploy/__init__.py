@@ -7,6 +7,9 @@
 * :mod:`~rfdetr.deploy.detections`: :class:`Detections`, the result of a prediction.
 * :mod:`~rfdetr.deploy.predict`: predict over image files and write pictures and COCO JSON;
   :mod:`~rfdetr.deploy.visualize`: drawing.
+* :mod:`~rfdetr.deploy.sources`: what ``--source`` names, and frames of videos, cameras and streams;
+  :mod:`~rfdetr.deploy.video`: the video loop and its writers; :mod:`~rfdetr.deploy.track`: ByteTrack;
+  :mod:`~rfdetr.deploy.timing`: per-stage timing of ``predict()`` and the loop.
 
 Nothing here imports the training code or the user API (:mod:`rfdetr.detr` imports this package).
 """

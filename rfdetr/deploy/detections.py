@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ class Detections:
         class_id: int64 [N] class indices (COCO category ids for the official COCO checkpoints).
         class_name: N names, one per detection.
         mask: bool [N, H, W] instance masks at the original image size, or ``None`` for detection models.
+        tracker_id: int64 [N] track ids given by a tracker (:mod:`rfdetr.deploy.track`), or ``None`` untracked.
     """
 
     xyxy: np.ndarray
@@ -25,6 +27,7 @@ class Detections:
     class_id: np.ndarray
     class_name: list[str] = field(default_factory=list)
     mask: np.ndarray | None = None
+    tracker_id: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
@@ -36,6 +39,10 @@ class Detections:
             self.mask = np.asarray(self.mask, dtype=bool)
             if self.mask.ndim != 3 or len(self.mask) != n:
                 raise ValueError(f"mask must be [N, H, W] with N={n}, got shape {self.mask.shape}")
+        if self.tracker_id is not None:
+            self.tracker_id = np.asarray(self.tracker_id, dtype=np.int64).reshape(-1)
+            if len(self.tracker_id) != n:
+                raise ValueError(f"tracker_id has {len(self.tracker_id)} entries for {n} detections")
         if not (len(self.confidence) == len(self.class_id) == n):
             raise ValueError(
                 f"inconsistent lengths: xyxy {n}, confidence {len(self.confidence)}, class_id {len(self.class_id)}"
@@ -62,21 +69,58 @@ class Detections:
             self.class_id[idx],
             [self.class_name[i] for i in idx] if self.class_name else [],
             None if self.mask is None else self.mask[idx],
+            None if self.tracker_id is None else self.tracker_id[idx],
         )
 
     def to_supervision(self) -> Any:
-        """Convert to ``supervision.Detections`` (class names go to ``data["class_name"]``).
+        """Convert to ``supervision.Detections`` (class names go to ``data["class_name"]``, track ids to
+        ``tracker_id``).
 
         Raises:
             ImportError: ``supervision`` is not installed.
         """
-        try:
-            import supervision as sv
-        except ImportError as err:
-            raise ImportError(
-                "Detections.to_supervision() needs the optional package 'supervision': pip install supervision"
-            ) from err
+        sv = _import_supervision("Detections.to_supervision()")
         data = {"class_name": np.array(self.class_name)} if self.class_name else {}
         return sv.Detections(
-            xyxy=self.xyxy, confidence=self.confidence, class_id=self.class_id, mask=self.mask, data=data
+            xyxy=self.xyxy, confidence=self.confidence, class_id=self.class_id, mask=self.mask,
+            tracker_id=self.tracker_id, data=data,
         )
+
+    @classmethod
+    def from_supervision(cls, detections: Any, class_names: Sequence[str] | None = None) -> Detections:
+        """Convert from ``supervision.Detections`` (the inverse of :meth:`to_supervision`).
+
+        Args:
+            detections: a ``supervision.Detections``; a missing ``confidence`` becomes 1 and a missing ``class_id``
+                0.
+            class_names: names indexed by class id, used when ``detections.data`` has no ``class_name``.
+
+        Returns:
+            The detections sorted by descending confidence (this class's invariant); ``tracker_id`` and masks kept.
+        """
+        n = len(detections.xyxy)
+        confidence = np.ones(n) if detections.confidence is None else detections.confidence
+        class_id = np.zeros(n, dtype=np.int64) if detections.class_id is None else detections.class_id
+        names = detections.data.get("class_name") if detections.data else None
+        if names is not None:
+            class_name = [str(v) for v in names]
+        elif class_names is not None:
+            class_name = [class_names[int(c)] if 0 <= int(c) < len(class_names) else f"class_{int(c)}"
+                          for c in class_id]
+        else:
+            class_name = []
+        out = cls(detections.xyxy, confidence, class_id, class_name, detections.mask, detections.tracker_id)
+        order = np.argsort(-out.confidence, kind="stable")
+        return out[order]
+
+
+def _import_supervision(what: str) -> Any:
+    """``import supervision``, or an ImportError saying which pip command installs it."""
+    try:
+        import supervision as sv
+    except ImportError as err:
+        raise ImportError(
+            f"{what} needs the optional package 'supervision': pip install 'rtdetr-seg[video]' "
+            "(or pip install supervision==0.31.2)"
+        ) from err
+    return sv

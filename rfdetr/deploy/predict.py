@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from rfdetr.data.image_io import read_rgb
 from rfdetr.deploy.detections import Detections
+from rfdetr.deploy.timing import StageTimer
 from rfdetr.deploy.visualize import render_detections
 from rfdetr.util.run_dir import write_json_atomic
 
@@ -42,7 +43,9 @@ class Predictor(Protocol):
 
     class_names: list[str]
 
-    def predict(self, images: Any, threshold: float = 0.5) -> Detections | list[Detections]: ...
+    def predict(
+        self, images: Any, threshold: float = 0.5, timer: StageTimer | None = None
+    ) -> Detections | list[Detections]: ...
 
 
 @dataclass

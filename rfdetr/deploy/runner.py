@@ -33,6 +33,7 @@ from rfdetr.deploy.processing import (
     run_in_fixed_batches,
     to_detections,
 )
+from rfdetr.deploy.timing import StageTimer, timed
 from rfdetr.models.postprocess import PostProcess
 
 __all__ = ["ExportedModel", "OnnxModel", "load"]
@@ -109,26 +110,29 @@ class ExportedModel:
         return export_outputs_to_dict(run_in_fixed_batches(session_run, pixels, step))
 
     def predict(
-        self, images: ImageInput | Sequence[ImageInput], threshold: float = 0.5
+        self, images: ImageInput | Sequence[ImageInput], threshold: float = 0.5, timer: StageTimer | None = None
     ) -> Detections | list[Detections]:
         """Detect (and segment) objects; the same inputs and results as :meth:`rfdetr.detr.RFDETR.predict`.
 
         Args:
             images: one image or a list (paths, PIL images, RGB numpy arrays, [3, H, W] tensors in [0, 1]).
             threshold: keep detections with score > threshold.
+            timer: records the ``preprocess``, ``forward`` and ``postprocess`` stages (:mod:`rfdetr.deploy.timing`).
 
         Returns:
             A :class:`Detections` per image (boxes and masks in original pixels); a list for list/batch input.
         """
-        tensors, batched = load_images(images)
-        if len(tensors) == 0:
-            return []
-        sizes = torch.tensor([t.shape[-2:] for t in tensors])  # [N, 2] (H, W)
-        pixels = torch.cat([preprocess(t, self.resolution, "cpu", self.mean, self.std) for t in tensors])
-        outputs = self.run(pixels)
-        with torch.inference_mode():
+        with timed(timer, "preprocess"):
+            tensors, batched = load_images(images)
+            if len(tensors) == 0:
+                return []
+            sizes = torch.tensor([t.shape[-2:] for t in tensors])  # [N, 2] (H, W)
+            pixels = torch.cat([preprocess(t, self.resolution, "cpu", self.mean, self.std) for t in tensors])
+        with timed(timer, "forward"):
+            outputs = self.run(pixels)
+        with timed(timer, "postprocess"), torch.inference_mode():
             results = self.postprocess(outputs, sizes, score_threshold=threshold)
-        detections = [to_detections(r, threshold, self.class_names) for r in results]
+            detections = [to_detections(r, threshold, self.class_names) for r in results]
         return detections if batched else detections[0]
 
     def __repr__(self) -> str:

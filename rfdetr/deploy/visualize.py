@@ -23,6 +23,9 @@ def render_detections(image: np.ndarray, detections: Detections, mask_alpha: flo
                       line_width: int | None = None) -> np.ndarray:
     """A copy of ``image`` with masks blended in, mask outlines, boxes and ``name score`` labels.
 
+    Tracked detections (``tracker_id`` >= 0) are labelled ``#id name score`` and coloured by track, so that one object
+    keeps its colour from frame to frame whatever its class.
+
     Args:
         image: RGB uint8 [H, W, 3] (the original image the detections refer to).
         detections: boxes in the image's pixels; ``mask`` [N, H, W] bool when the model predicts masks.
@@ -42,14 +45,18 @@ def render_detections(image: np.ndarray, detections: Detections, mask_alpha: flo
         raise ValueError(f"masks are {detections.mask.shape[1:]} but the image is {(height, width)}: pass the "
                          "original image the detections were made on")
     thickness = line_width or max(1, round(max(height, width) / 320))
-    canvas = image.astype(np.float32)
-    colors = [np.array(class_color(int(c)), dtype=np.float32) for c in detections.class_id]
+    out = image.copy()
+    keys = detections.class_id
+    if detections.tracker_id is not None:  # -1: not (yet) in a track, coloured by class
+        keys = np.where(detections.tracker_id >= 0, detections.tracker_id, detections.class_id)
+    colors = [np.array(class_color(int(c)), dtype=np.float32) for c in keys]
     if detections.mask is not None:
-        # Lowest score first so that the most confident instance ends on top where masks overlap.
+        # Lowest score first so that the most confident instance ends on top where masks overlap. Only the masked
+        # pixels are converted and blended: a full-frame float copy costs more than the rest of the drawing on video.
         for i in np.argsort(detections.confidence):
             mask = detections.mask[i]
-            canvas[mask] = canvas[mask] * (1 - mask_alpha) + colors[i] * mask_alpha
-    out = np.ascontiguousarray(canvas.round().clip(0, 255).astype(np.uint8))
+            blended = out[mask].astype(np.float32) * (1 - mask_alpha) + colors[i] * mask_alpha
+            out[mask] = blended.round().clip(0, 255).astype(np.uint8)
     font_scale = max(0.3, thickness * 0.35)
     for i in range(len(detections)):
         color = tuple(int(v) for v in colors[i])
@@ -61,6 +68,8 @@ def render_detections(image: np.ndarray, detections: Detections, mask_alpha: flo
         cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
         name = detections.class_name[i] if i < len(detections.class_name) else str(int(detections.class_id[i]))
         label = f"{name} {detections.confidence[i]:.2f}"
+        if detections.tracker_id is not None and detections.tracker_id[i] >= 0:
+            label = f"#{int(detections.tracker_id[i])} {label}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         top = max(0, y0 - th - base - 2)
         cv2.rectangle(out, (x0, top), (x0 + tw + 2, top + th + base + 2), color, -1)

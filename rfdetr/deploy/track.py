@@ -1,0 +1,78 @@
+"""Multi-object tracking across video frames: ByteTrack from Roboflow's ``trackers`` package.
+
+supervision 0.31 no longer has its ``ByteTrack``: it lives on in Roboflow's ``trackers`` package as
+``ByteTrackTracker``, which takes and returns ``supervision.Detections``; both come with the optional extra ``video``
+(``pip install 'rtdetr-seg[video]'``). Each call of :meth:`Tracker.update` converts our
+:class:`~rfdetr.deploy.detections.Detections` there and back, so a tracked detection keeps its own mask, class and
+score (the tracker selects detections by index, it never mixes fields of different detections).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rfdetr.deploy.detections import Detections
+
+__all__ = ["TRACK_INSTALL", "Tracker", "require_tracking"]
+
+TRACK_INSTALL = "pip install 'rtdetr-seg[video]' (or pip install supervision==0.31.2 trackers==2.6.1)"
+
+
+def require_tracking() -> Any:
+    """The ``trackers`` module, or an ImportError whose one line says how to install it."""
+    try:
+        import supervision  # noqa: F401 - the tracker's input and output type
+        import trackers
+    except ImportError as err:
+        raise ImportError(f"--track needs the optional packages 'supervision' and 'trackers' ({err.name} is "
+                          f"missing): {TRACK_INSTALL}") from None
+    return trackers
+
+
+class Tracker:
+    """ByteTrack over the frames of one video; ids start at 1 and are never reused within a video.
+
+    ByteTrack confirms a track on its second frame: a detection that starts a track (or that no track takes) is
+    kept with ``tracker_id`` -1, and its object gets its id from the next frame on.
+
+    Args:
+        fps: frames per second of the frames passed to :meth:`update` (the source's rate divided by the stride),
+            so that ``lost_seconds`` means seconds.
+        threshold: the detections' score threshold; any detection above it may start a track (ByteTrack's own
+            default of 0.7 would silently drop the tracks of a model whose scores sit lower).
+        lost_seconds: how long a track that is not seen is kept to be found again.
+
+    Raises:
+        ImportError: ``supervision`` or ``trackers`` is missing (the message gives the pip command).
+    """
+
+    def __init__(self, fps: float, threshold: float = 0.5, lost_seconds: float = 1.0) -> None:
+        trackers = require_tracking()
+        self._tracker = trackers.ByteTrackTracker(
+            lost_track_buffer=max(1, round(lost_seconds * fps)),
+            frame_rate=fps,
+            track_activation_threshold=threshold,
+            # Ids from the first frame an object is seen: the video and JSON show every kept detection.
+            minimum_consecutive_frames=1,
+            high_conf_det_threshold=max(threshold, 0.1),
+        )
+
+    def update(self, detections: Detections) -> Detections:
+        """Assign track ids to one frame's detections.
+
+        Returns:
+            The same detections, sorted by descending confidence, with ``tracker_id`` set (-1: not in a confirmed
+            track yet).
+        """
+        tracked = self._tracker.update(detections.to_supervision())
+        if len(tracked) == 0:
+            empty = Detections.empty(None if detections.mask is None else detections.mask.shape[1:])
+            empty.tracker_id = empty.class_id.copy()
+            return empty
+        out = Detections.from_supervision(tracked)
+        assert out.tracker_id is not None
+        # trackers counts from 0; people (and Ultralytics) count objects from 1.
+        out.tracker_id = np.where(out.tracker_id >= 0, out.tracker_id + 1, -1)
+        return out

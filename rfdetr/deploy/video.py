@@ -1,0 +1,395 @@
+"""Predict on videos, cameras and streams: an annotated video, a JSON Lines file and a summary per source.
+
+For each :class:`~rfdetr.deploy.sources.VideoSource`, :func:`predict_video` writes to the output folder:
+
+* ``<name>.mp4``: every processed frame, drawn (:func:`~rfdetr.deploy.visualize.render_detections`: masks, boxes,
+  ``#track name score`` labels) at the source's size and at its frame rate divided by the stride;
+* ``<name>.jsonl``: one line per processed frame, ``{"frame", "time", "detections": [{"class_id", "class_name",
+  "score", "box" (x1, y1, x2, y2 pixels), "mask" (COCO compressed RLE), "track_id"}]}`` (``track_id`` with
+  ``track``: ``null`` until the tracker confirms the object's track, on its second frame);
+* ``<name>.summary.json``: frames read and processed, detections, the frame rate, and the average milliseconds per
+  frame of each stage (read, preprocess, forward, postprocess, track, draw, write);
+* with ``save_frames``, ``<name>_frames/<frame index>.png``.
+
+The video and the JSON Lines are written to temporary files and moved into place when the source ends, drops, or the
+run is interrupted (Ctrl-C), so a file under its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from rfdetr.deploy.detections import Detections
+from rfdetr.deploy.predict import Predictor
+from rfdetr.deploy.sources import SourceError, VideoReader, VideoSource
+from rfdetr.deploy.timing import StageTimer
+from rfdetr.deploy.visualize import render_detections
+from rfdetr.util.run_dir import write_json_atomic
+
+__all__ = ["Display", "VideoSummary", "frame_record", "predict_video", "predict_videos"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoSummary:
+    """What one video source gave (also written as ``<name>.summary.json``).
+
+    Attributes:
+        source / kind: the source as given and ``file`` / ``camera`` / ``stream``.
+        video / jsonl / frames_dir: the files written (``frames_dir`` only with ``save_frames``).
+        width / height / fps: the frames' size and the output video's frame rate.
+        live: read in a thread that keeps the newest frame (frames the model was too slow for are dropped).
+        frames_read: frames read from the source (processed or skipped by the stride).
+        frames_processed: frames predicted, drawn and written.
+        detections: detections written over all frames.
+        ended: why reading stopped: ``end`` (of the file), ``max_frames``, ``truncated`` (the file ended before the
+            frame count its header announces), ``stopped`` (a camera or stream gave no more frames), ``quit`` (the
+            window was closed with q / Esc), ``interrupted`` (Ctrl-C).
+        seconds: wall time of the loop; ``fps_processed`` processed frames per second of it.
+        speed_ms: average milliseconds per processed frame of each stage.
+    """
+
+    source: str
+    kind: str
+    video: str
+    jsonl: str
+    frames_dir: str | None
+    width: int
+    height: int
+    fps: float
+    live: bool = False
+    frames_read: int = 0
+    frames_processed: int = 0
+    detections: int = 0
+    ended: str = "end"
+    seconds: float = 0.0
+    fps_processed: float = 0.0
+    speed_ms: dict[str, float] = field(default_factory=dict)
+    speed_line: str = ""
+
+
+def _no_display_reason() -> str | None:
+    """Why no window can be shown here, or ``None`` when one may be."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    return None
+
+
+class Display:
+    """The ``--show`` window: frames in an OpenCV window, q or Esc to stop.
+
+    Where no window can be opened (no display, or an OpenCV built without a GUI such as opencv-python-headless) it
+    says so once, in a warning, and shows nothing; the run goes on.
+
+    Args:
+        enabled: whether to show at all.
+    """
+
+    TITLE = "rfdetr.predict (q to quit)"
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._opened = False
+        reason = _no_display_reason() if enabled else None
+        if reason:
+            self._disable(reason)
+
+    def _disable(self, reason: str) -> None:
+        logger.warning("--show: %s; frames are not shown (the video and JSON Lines are still written)", reason)
+        self.enabled = False
+
+    def show(self, rgb: np.ndarray) -> bool:
+        """Show a frame; ``False`` when the user asked to stop (q or Esc)."""
+        if not self.enabled:
+            return True
+        try:
+            cv2.imshow(self.TITLE, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            self._opened = True
+            key = cv2.waitKey(1) & 0xFF
+        except cv2.error as err:
+            if "not implemented" in str(err):
+                self._disable("this OpenCV has no GUI (opencv-python-headless; pip install opencv-python for windows)")
+            else:
+                self._disable(f"OpenCV cannot open a window ({str(err).strip()[:200]})")
+            return True
+        return key not in (ord("q"), 27)
+
+    def close(self) -> None:
+        """Close the window if one was opened."""
+        if self._opened:
+            cv2.destroyWindow(self.TITLE)
+            self._opened = False
+
+
+class _AtomicFile:
+    """A file written under a temporary name beside ``path`` and moved onto it by :meth:`close`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # The real suffix stays last: OpenCV picks the container from it.
+        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+
+    def _commit(self) -> None:
+        os.replace(self.tmp, self.path)
+
+
+class _VideoFile(_AtomicFile):
+    """An MP4 (``mp4v``) written with ``cv2.VideoWriter``; frames of another size are resized to the first's."""
+
+    def __init__(self, path: Path, fps: float, width: int, height: int) -> None:
+        super().__init__(path)
+        self.size = (width, height)
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, self.size)
+        if not self.writer.isOpened():
+            raise RuntimeError(f"OpenCV cannot write an MP4 video to {self.tmp} (its FFmpeg backend is missing?)")
+
+    def write(self, rgb: np.ndarray) -> None:
+        if (rgb.shape[1], rgb.shape[0]) != self.size:
+            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self.writer.release()  # writes the MP4 index; without it the file is unreadable
+        self._commit()
+
+
+class _LinesFile(_AtomicFile):
+    """A JSON Lines file, flushed after every line so that a crash loses at most the line being written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.file: IO[str] = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        self._commit()
+
+
+def frame_record(index: int, timestamp: float, detections: Detections) -> dict[str, Any]:
+    """The JSON Lines record of one frame (see the module docstring)."""
+    entries = []
+    for i in range(len(detections)):
+        entry: dict[str, Any] = {
+            "class_id": int(detections.class_id[i]),
+            "class_name": detections.class_name[i] if detections.class_name else str(int(detections.class_id[i])),
+            "score": round(float(detections.confidence[i]), 5),
+            "box": [round(float(v), 2) for v in detections.xyxy[i]],
+        }
+        if detections.mask is not None:
+            rle = mask_utils.encode(np.asfortranarray(detections.mask[i].astype(np.uint8)))
+            entry["mask"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        if detections.tracker_id is not None:
+            track_id = int(detections.tracker_id[i])
+            entry["track_id"] = track_id if track_id >= 0 else None
+        entries.append(entry)
+    return {"frame": index, "time": round(timestamp, 4), "detections": entries}
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    out, n = name, 0
+    while out in used:
+        n += 1
+        out = f"{name}_{n}"
+    used.add(out)
+    return out
+
+
+def predict_video(
+    model: Predictor,
+    source: VideoSource,
+    output: str | os.PathLike[str],
+    threshold: float = 0.5,
+    stride: int = 1,
+    max_frames: int | None = None,
+    track: bool = False,
+    display: Display | None = None,
+    save_frames: bool = False,
+    progress: bool = True,
+    name: str | None = None,
+    buffer: bool = False,
+) -> VideoSummary:
+    """Predict every ``stride``-th frame of one source and write its video, JSON Lines and summary.
+
+    Args:
+        model: anything with ``predict(image, threshold, timer=...)`` (:class:`rfdetr.detr.RFDETR`,
+            :class:`rfdetr.deploy.runner.ExportedModel`).
+        source: the video file, camera or stream.
+        output: folder for the outputs (created).
+        threshold: keep detections with score > threshold.
+        stride: process every ``stride``-th frame.
+        max_frames: stop after processing this many frames.
+        track: give detections track ids (:class:`rfdetr.deploy.track.Tracker`).
+        display: where to show frames (``None``: nowhere).
+        save_frames: also write every processed frame as a PNG.
+        progress: show a progress bar.
+        name: stem of the output files (default: the source's name).
+        buffer: for a live source (camera, rtsp ...), process every frame even when slower than the source; by
+            default a live source is read in a thread and only its newest frame is processed.
+
+    Returns:
+        A :class:`VideoSummary`.
+
+    Raises:
+        SourceError: the source cannot be opened or gives no frame.
+        ImportError: ``track`` without the tracking packages.
+    """
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    name = name or source.name
+    tracker = None
+    if track:
+        from rfdetr.deploy.track import Tracker, require_tracking
+
+        require_tracking()  # before opening a camera or stream for nothing
+    reader = VideoReader(source, stride=stride, max_frames=max_frames, live=False if buffer else None)
+    fps = reader.fps / stride
+    if track:
+        tracker = Tracker(fps, threshold)
+    frames_dir = out / f"{name}_frames" if save_frames else None
+    summary = VideoSummary(
+        source=source.uri, kind=source.kind, video=str(out / f"{name}.mp4"), jsonl=str(out / f"{name}.jsonl"),
+        frames_dir=None if frames_dir is None else str(frames_dir), width=reader.width, height=reader.height, fps=fps,
+        live=reader.live,
+    )
+    if frames_dir is not None:
+        frames_dir.mkdir(exist_ok=True)
+    total = None
+    if reader.frame_count is not None:
+        total = math.ceil(reader.frame_count / stride)
+    if max_frames is not None:
+        total = max_frames if total is None else min(total, max_frames)
+    timer = StageTimer()
+    video = _VideoFile(Path(summary.video), fps, reader.width, reader.height)
+    lines = _LinesFile(Path(summary.jsonl))
+    bar = tqdm(total=total, desc=name, unit="frame", disable=not progress)
+    start = time.perf_counter()
+    try:
+        frames = iter(reader)
+        while True:
+            with timer.stage("read"):
+                frame = next(frames, None)
+            if frame is None:
+                break
+            detections = model.predict(frame.image, threshold=threshold, timer=timer)
+            assert isinstance(detections, Detections)
+            if tracker is not None:
+                with timer.stage("track"):
+                    detections = tracker.update(detections)
+            with timer.stage("draw"):
+                picture = render_detections(frame.image, detections)
+            with timer.stage("write"):
+                video.write(picture)
+                lines.write(frame_record(frame.index, frame.timestamp, detections))
+                if frames_dir is not None:
+                    cv2.imwrite(str(frames_dir / f"{frame.index:06d}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            summary.frames_processed += 1
+            summary.detections += len(detections)
+            bar.update()
+            if display is not None and not display.show(picture):
+                summary.ended = "quit"
+                break
+    except KeyboardInterrupt:
+        summary.ended = "interrupted"
+    finally:
+        bar.close()
+        reader.close()
+        # Whatever ended the loop, the files written so far become complete files under their final names.
+        video.close()
+        lines.close()
+    summary.seconds = time.perf_counter() - start
+    summary.frames_read = reader.frames_read
+    if summary.ended == "end":
+        if max_frames is not None and summary.frames_processed >= max_frames:
+            summary.ended = "max_frames"
+        elif reader.truncated:
+            summary.ended = "truncated"
+        elif source.kind != "file":
+            summary.ended = "stopped"
+    summary.fps_processed = summary.frames_processed / summary.seconds if summary.seconds > 0 else 0.0
+    summary.speed_ms = {k: round(v, 3) for k, v in timer.mean_ms(per=max(1, summary.frames_processed)).items()}
+    summary.speed_line = timer.speed_line(reader.width, reader.height, per=max(1, summary.frames_processed))
+    _log_end(source, summary, reader.frame_count)
+    write_json_atomic(out / f"{name}.summary.json", asdict(summary))
+    return summary
+
+
+def _log_end(source: VideoSource, summary: VideoSummary, frame_count: int | None) -> None:
+    """Say, in one warning, when a source ended other than by its normal end or ``max_frames``."""
+    what, n = source.describe(), summary.frames_read
+    if summary.ended == "truncated":
+        logger.warning("%s ended after %d of the %d frames its header announces (truncated or damaged file); "
+                       "%d frames processed and written", what, n, frame_count, summary.frames_processed)
+    elif summary.ended == "stopped":
+        logger.warning("%s stopped delivering frames after %d frames (ended or dropped); the %d processed frames "
+                       "are written", what, n, summary.frames_processed)
+    elif summary.ended == "interrupted":
+        logger.warning("interrupted after %d frames of %s; the %d processed frames are written", n, what,
+                       summary.frames_processed)
+
+
+def predict_videos(
+    model: Predictor,
+    sources: list[VideoSource],
+    output: str | os.PathLike[str],
+    used_names: set[str] | None = None,
+    show: bool = False,
+    **options: Any,
+) -> list[VideoSummary]:
+    """:func:`predict_video` on each source; one that cannot be opened is skipped (and logged) when there are others.
+
+    Args:
+        model / output / options: as :func:`predict_video` (``threshold``, ``stride``, ``max_frames``, ``track``,
+            ``save_frames``, ``progress``).
+        sources: the video sources.
+        used_names: output stems already taken (names are made unique: ``clip``, ``clip_1`` ...).
+        show: show the frames in a window (a missing display is reported once for the whole run).
+
+    Returns:
+        The summaries of the sources that could be read; the run stops after one that was interrupted.
+
+    Raises:
+        SourceError: no source could be read (the message names them).
+    """
+    used = set() if used_names is None else used_names
+    display = Display(show)
+    summaries: list[VideoSummary] = []
+    failures: list[str] = []
+    try:
+        for source in sources:
+            name = _unique_name(source.name, used)
+            if source.kind == "file" and (Path(output) / f"{name}.mp4").resolve() == Path(source.uri).resolve():
+                name = _unique_name(f"{name}_pred", used)  # never write over the source video
+            try:
+                summary = predict_video(model, source, output, display=display, name=name, **options)
+            except SourceError as err:
+                if len(sources) == 1:
+                    raise
+                logger.warning("skipping %s", err)
+                failures.append(str(err))
+                continue
+            summaries.append(summary)
+            if summary.ended in ("interrupted", "quit"):
+                break
+    finally:
+        display.close()
+    if not summaries:
+        raise SourceError(f"none of the {len(sources)} video sources could be read: " + "; ".join(failures))
+    return summaries
