@@ -47,8 +47,8 @@ def main(args: argparse.Namespace) -> int:
     run_root = out / "stage1"
     if not run_root.is_dir() or not any(run_root.iterdir()):
         stage1 = [*COMMON, "--seed", "1000", "--dataset", str(dataset), "--output", str(run_root), "--pretrained",
-                  args.start, "--pretrain_exclude_keys", "", "--epochs", str(args.epochs), "--lr", args.lr, "--lr_encoder", args.lr, "--augment", "1",
-                  "--run_test", "0"]
+                  args.start, "--pretrain_exclude_keys", "", "--epochs", str(args.epochs), "--lr", args.lr,
+                  "--lr_encoder", args.lr, "--augment", "1", "--run_test", "0"]
         _run_script("train_detector_stage1.py", stage1, args.threads)
     ckpt = load_checkpoint_file(_only_run(run_root) / "checkpoint_best_total.pth")
     # Weights and the records that say what the model is; no optimiser state (a third of the size).
