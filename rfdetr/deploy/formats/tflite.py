@@ -7,8 +7,10 @@ The graph is the single-group export forward (:class:`rfdetr.deploy.graph.Export
   resized to R x R (no antialias), then normalised with the ``mean`` / ``std`` of the metadata;
 * outputs, by signature name: ``dets`` [B, Q, 4] normalised cxcywh boxes, ``labels`` [B, Q, K] class logits and, for
   models with masks, ``masks`` [B, Q, R/4, R/4] mask logits;
-* metadata: the :func:`rfdetr.deploy.metadata.export_metadata` entries as one JSON object in the flatbuffer's own
-  ``metadata`` table, under the name :data:`METADATA_NAME` (any flatbuffer reader finds it; :func:`read_metadata`).
+* metadata: the :func:`rfdetr.deploy.metadata.export_metadata` entries as one UTF-8 JSON object (``class_names``
+  list, ``resolution``, ``mean``, ``std``, ``num_select``, ``masks`` ...) in the flatbuffer's own ``metadata`` table
+  under the name :data:`METADATA_NAME` (any flatbuffer reader finds it; :func:`read_metadata`), so no file travels
+  beside the model.
 
 Deformable attention's ``F.grid_sample`` (bilinear, zeros padding, align_corners=False) needs no rewrite here:
 litert-torch lowers torch's own decomposition of it (corner indices, in-bounds masks and ``GATHER_ND``), and
@@ -29,7 +31,6 @@ import contextlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,7 @@ def _quiet_converter() -> Iterator[None]:
     previous = os.environ.get(key)
     os.environ[key] = "n"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torch.export's notes on lifted constants, by design
-            yield
+        yield
     finally:
         if previous is None:
             os.environ.pop(key, None)
@@ -129,7 +128,7 @@ def export(
         module(example)
     with _quiet_converter():
         edge = litert_torch.convert(_NamedIO(module).eval(), sample_kwargs={INPUT_NAME: example})
-    content = bytes(edge.model_content())
+        content = bytes(edge.model_content())
     if half:
         content = _float16_weights(content)
     content = embed_metadata(content, metadata or {})
@@ -176,13 +175,18 @@ def embed_metadata(content: bytes, metadata: Mapping[str, str]) -> bytes:
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    entries = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(dict(metadata), sort_keys=True).encode(), dtype=np.uint8)
-    model.buffers.append(buffer)
+    old = [m for m in (model.metadata or []) if m.name in (METADATA_NAME, METADATA_NAME.encode())]
+    entries = [m for m in (model.metadata or []) if m not in old]
+    buffer = model.buffers[old[0].buffer] if old else schema.BufferT()
+    # Stored decoded (lists and numbers as JSON, not JSON inside strings) so that a reader on the phone gets plain
+    # values; _raw_metadata encodes them back to the framework's strings.
+    text = json.dumps(decode_metadata(metadata), sort_keys=True)
+    buffer.data = np.frombuffer(text.encode(), dtype=np.uint8)
+    if not old:
+        model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = METADATA_NAME
-    entry.buffer = len(model.buffers) - 1
+    entry.buffer = old[0].buffer if old else len(model.buffers) - 1
     model.metadata = [*entries, entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
