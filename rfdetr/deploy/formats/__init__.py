@@ -77,6 +77,9 @@ FORMATS: dict[str, ExportFormat] = {
     for f in (
         ExportFormat("onnx", "rfdetr.deploy.formats.onnx", ".onnx", ("onnx", "onnxruntime"), ("onnxruntime",),
                      ("onnx==1.23.2", "onnxruntime==1.32.0"), "onnx", "ONNX, run with onnxruntime"),
+        ExportFormat("tflite", "rfdetr.deploy.formats.tflite", ".tflite", ("ai_edge_litert", "litert_torch"),
+                     ("ai_edge_litert",), ("litert-torch==0.10.0", "ai-edge-litert==2.3.0"), "tflite",
+                     "TFLite (LiteRT flatbuffer), run with ai-edge-litert"),
     )
 }
 EXPORT_FORMATS: tuple[str, ...] = tuple(FORMATS)

@@ -1,0 +1,278 @@
+"""TFLite (LiteRT flatbuffer) export of detection, single-stage segmentation and stage-2 models, via ``litert_torch``.
+
+The graph is the single-group export forward (:class:`rfdetr.deploy.graph.ExportForward`), captured with
+``torch.export`` and lowered by litert-torch (no ONNX, no TensorFlow), at a fixed batch and square resolution:
+
+* input ``input`` [B, 3, R, R] float32, **NCHW** (PyTorch's layout, kept by the converter): RGB in [0, 1], bilinearly
+  resized to R x R (no antialias), then normalised with the ``mean`` / ``std`` of the metadata;
+* outputs, by signature name: ``dets`` [B, Q, 4] normalised cxcywh boxes, ``labels`` [B, Q, K] class logits and, for
+  models with masks, ``masks`` [B, Q, R/4, R/4] mask logits;
+* metadata: the :func:`rfdetr.deploy.metadata.export_metadata` entries as one UTF-8 JSON object (``class_names``
+  list, ``resolution``, ``mean``, ``std``, ``num_select``, ``masks`` ...) in the flatbuffer's own ``metadata`` table
+  under the name :data:`METADATA_NAME` (any flatbuffer reader finds it; :func:`read_metadata`), so no file travels
+  beside the model.
+
+Deformable attention's ``F.grid_sample`` (bilinear, zeros padding, align_corners=False) needs no rewrite here:
+litert-torch lowers torch's own decomposition of it (corner indices, in-bounds masks and ``GATHER_ND``), and
+``tests/deploy/test_tflite.py`` checks that lowering against eager ``F.grid_sample`` on points inside and outside the
+map. The antialiased bicubic position-embedding resize never reaches the converter (it is baked at the export
+resolution, :func:`rfdetr.deploy.graph.bake_position_embeddings`).
+
+``half=True`` stores the weights as float16 (ai-edge-quantizer's float casting, with explicit dequantize ops), so the
+file is half the size; activations and arithmetic stay float32.
+
+``litert-torch`` and ``ai-edge-litert`` are optional dependencies (``pip install litert-torch ai-edge-litert``);
+they are imported only when exporting or running a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rfdetr.deploy.graph import ExportForward
+from rfdetr.deploy.metadata import decode_metadata
+
+__all__ = ["INPUT_NAME", "METADATA_NAME", "OUTPUT_NAMES", "Session", "embed_metadata", "export", "read_metadata"]
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUT_NAMES: tuple[str, str, str] = ("dets", "labels", "masks")
+# litert-torch's name for the signature of a module converted without an explicit one.
+SIGNATURE = "serving_default"
+# Name of the flatbuffer metadata entry that holds the export metadata (JSON, UTF-8).
+METADATA_NAME = "rfdetr_export"
+# Every TFLite flatbuffer carries this identifier at bytes 4..8.
+FILE_IDENTIFIER = b"TFL3"
+INSTALL_HINT = "pip install litert-torch==0.10.0 ai-edge-litert==2.3.0"
+
+
+class _NamedIO(nn.Module):
+    """The export forward with a keyword input and a dict of outputs, so the file's signature names both.
+
+    litert-torch names signature inputs after the keyword arguments and outputs after dict keys (a tuple gives
+    ``output_0`` ...); names let :class:`Session` find each output without relying on the converter's order.
+    """
+
+    def __init__(self, module: ExportForward) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, input: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: A002 - the signature's input name
+        """input [B, 3, R, R] -> {dets [B, Q, 4], labels [B, Q, K][, masks [B, Q, R/4, R/4]]}."""
+        return dict(zip(OUTPUT_NAMES, self.module(input), strict=False))
+
+
+@contextlib.contextmanager
+def _quiet_converter() -> Iterator[None]:
+    """litert-torch prints a progress tree for every conversion; keep it off for this one only."""
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    previous = os.environ.get(key)
+    os.environ[key] = "n"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
+def _require_converter() -> Any:
+    try:
+        import litert_torch
+    except ImportError as err:
+        raise ImportError(f"TFLite export needs the optional packages litert-torch and ai-edge-litert: "
+                          f"{INSTALL_HINT}") from err
+    return litert_torch
+
+
+def export(
+    module: ExportForward,
+    path: str | os.PathLike[str],
+    example: torch.Tensor,
+    metadata: Mapping[str, str] | None = None,
+    *,
+    half: bool = False,
+) -> Path:
+    """Write a prepared export module (:func:`rfdetr.deploy.graph.prepare_export`) as a ``.tflite`` file.
+
+    Args:
+        module: the traced forward (eval, CPU, float32, position embeddings baked).
+        path: the ``.tflite`` file (written atomically; parent folders are created, an existing file is replaced).
+        example: [B, 3, R, R] input the graph is captured with; B and R are static in the file.
+        metadata: string entries stored in the flatbuffer's metadata (:data:`METADATA_NAME`).
+        half: store the weights as float16 (computation stays float32).
+
+    Raises:
+        ImportError: litert-torch is not installed.
+        RuntimeError: the converter failed (nothing is written).
+    """
+    litert_torch = _require_converter()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One eager run fills the cache of the two-stage proposal grid (rfdetr.models.transformer.proposal_grid) with
+    # real tensors; torch.export then takes them as constants. Built under export's fake tensors instead, the grid's
+    # "are all proposals valid" branch would be a data-dependent guard that torch.export refuses.
+    with torch.no_grad():
+        module(example)
+    with _quiet_converter():
+        edge = litert_torch.convert(_NamedIO(module).eval(), sample_kwargs={INPUT_NAME: example})
+        content = bytes(edge.model_content())
+    if half:
+        content = _float16_weights(content)
+    content = embed_metadata(content, metadata or {})
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    batch, _, height, width = example.shape
+    logger.info("exported %s (%s, %s weights, input [%d, 3, %d, %d] NCHW, %.1f MB)", path,
+                ", ".join(OUTPUT_NAMES[: 3 if module.with_masks else 2]), "float16" if half else "float32", batch,
+                height, width, len(content) / 1e6)
+    return path
+
+
+def _float16_weights(content: bytes) -> bytes:
+    """The flatbuffer with every constant weight cast to float16 and dequantized at load time.
+
+    ai-edge-quantizer's weight-only float casting (litert-torch's own fp16 recipe, applied to the converted file so
+    that the graph is captured only once).
+    """
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
+
+    qt = quantizer.Quantizer(bytearray(content))
+    qt.add_weight_only_config(
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        num_bits=16,
+        granularity=qtyping.QuantGranularity.TENSORWISE,
+        algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING,
+    )
+    return bytes(qt.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+
+def embed_metadata(content: bytes, metadata: Mapping[str, str]) -> bytes:
+    """``content`` (a TFLite flatbuffer) with ``metadata`` as the JSON entry :data:`METADATA_NAME` (replacing any).
+
+    Raises:
+        ImportError: ai-edge-litert is not installed.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    old = [m for m in (model.metadata or []) if m.name in (METADATA_NAME, METADATA_NAME.encode())]
+    entries = [m for m in (model.metadata or []) if m not in old]
+    buffer = model.buffers[old[0].buffer] if old else schema.BufferT()
+    # Stored decoded (lists and numbers as JSON, not JSON inside strings) so that a reader on the phone gets plain
+    # values; _raw_metadata encodes them back to the framework's strings.
+    text = json.dumps(decode_metadata(metadata), sort_keys=True)
+    buffer.data = np.frombuffer(text.encode(), dtype=np.uint8)
+    if not old:
+        model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = old[0].buffer if old else len(model.buffers) - 1
+    model.metadata = [*entries, entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _raw_metadata(content: bytes | bytearray | memoryview, name: str) -> dict[str, str]:
+    """The JSON entry ``name`` of a flatbuffer's metadata table as strings, or ``{}`` when absent."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if (entry.Name() or b"").decode() != name:
+            continue
+        buffer = model.Buffers(entry.Buffer())
+        if buffer.Offset() > 1:  # a buffer stored after the flatbuffer (files above 2 GB)
+            raw = bytes(content[buffer.Offset(): buffer.Offset() + buffer.Size()])
+        else:
+            raw = buffer.DataAsNumpy().tobytes()
+        data = json.loads(raw.decode())
+        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    return {}
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of an exported file, JSON values decoded (``class_names``, ``mean``, ``std``, ``resolution`` ...).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: not a TFLite flatbuffer.
+    """
+    content = Path(path).read_bytes()
+    _check_identifier(content, path)
+    return decode_metadata(_raw_metadata(content, METADATA_NAME))
+
+
+def _check_identifier(content: bytes, path: str | os.PathLike[str]) -> None:
+    if content[4:8] != FILE_IDENTIFIER:
+        raise ValueError(f"{os.fspath(path)}: not a TFLite flatbuffer (no {FILE_IDENTIFIER.decode()} identifier)")
+
+
+class Session:
+    """A ``.tflite`` file in the LiteRT interpreter (XNNPACK on the CPU; the runner's interface, see
+    :mod:`rfdetr.deploy.formats`).
+
+    Args:
+        path: the file.
+        threads: interpreter threads (default: LiteRT's choice).
+
+    Raises:
+        ImportError: ai-edge-litert is not installed.
+        ValueError: the file is not a TFLite flatbuffer LiteRT can load, or is not an RF-DETR export.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as err:
+            raise ImportError(f"running TFLite files needs the optional package ai-edge-litert: "
+                              f"{INSTALL_HINT}") from err
+        name = os.fspath(path)
+        content = Path(path).read_bytes()
+        # The identifier check comes first: LiteRT's verifier reports a foreign file in several lines of C++ logs.
+        _check_identifier(content, path)
+        try:
+            self.interpreter = Interpreter(model_content=content, num_threads=threads)
+            signatures = self.interpreter.get_signature_list()
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"{name}: LiteRT cannot load it as a TFLite model: "
+                             f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__}"
+                             ) from None
+        signature = signatures.get(SIGNATURE, {})
+        outputs = set(signature.get("outputs", []))
+        if signature.get("inputs") != [INPUT_NAME] or not {"dets", "labels"} <= outputs:
+            raise ValueError(f"{name} is not an RF-DETR export: expected a {SIGNATURE!r} signature with input "
+                             f"{INPUT_NAME!r} and outputs dets, labels[, masks], found {signatures}")
+        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+        shape = [int(d) for d in self.runner.get_input_details()[INPUT_NAME]["shape"]]
+        if len(shape) != 4:
+            raise ValueError(f"{name} is not an RF-DETR export: input {INPUT_NAME!r} has shape {shape}, expected "
+                             "[B, 3, R, R]")
+        self.input_shape: tuple[int | None, int, int, int] = (shape[0], shape[1], shape[2], shape[3])
+        # Outputs by name, in the contract's order (the flatbuffer's own order is the converter's business).
+        self.output_names = [n for n in OUTPUT_NAMES if n in outputs]
+        self.metadata: dict[str, str] = _raw_metadata(content, METADATA_NAME)
+
+    def run(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """[B, 3, R, R] float32 -> boxes [B, Q, 4], logits [B, Q, K][, masks [B, Q, R/4, R/4]]."""
+        outputs = self.runner(**{INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)})
+        return [outputs[name] for name in self.output_names]

@@ -1,0 +1,245 @@
+"""TFLite export (litert-torch): tiny detection, single-stage segmentation and stage-2 models, and the seg-preview
+layout, run in the LiteRT interpreter through :func:`rfdetr.deploy.load` and matched against PyTorch.
+
+Every conversion captures the graph with ``torch.export`` and runs its decompositions four times, which costs
+tens of seconds even for the tiny models (Python time, proportional to the number of graph nodes, not to the
+tensor sizes); each file is therefore exported once per module and shared by the tests. Measured on a shared 2-core
+machine under load: a tiny export 45-60 s (the first one in a process ~2x more: imports and warm-up), the whole file
+11 min, of which the ``slow`` seg-preview test 4 min (``-m "not slow"`` skips it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+litert_torch = pytest.importorskip(
+    "litert_torch", reason="TFLite export tests need litert-torch (pip install litert-torch==0.10.0)"
+)
+pytest.importorskip("ai_edge_litert", reason="TFLite tests need ai-edge-litert (pip install ai-edge-litert==2.3.0)")
+
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+
+from rfdetr import export as export_cli  # noqa: E402
+from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from rfdetr.data.image_io import read_rgb  # noqa: E402
+from rfdetr.deploy import load  # noqa: E402
+from rfdetr.deploy.formats import tflite  # noqa: E402
+from rfdetr.detr import RFDETR, RFDETRSegPreview, load_model  # noqa: E402
+from rfdetr.models.segmenter import Segmenter  # noqa: E402
+from tests.deploy.models import (  # noqa: E402
+    NAMES,
+    RESOLUTION,
+    Tolerance,
+    assert_outputs_match,
+    assert_same_detections,
+    image,
+    perturb,
+    tiny_detector,
+    tiny_segmenter,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Float16 weights (11-bit significand: each weight rounded by up to 2^-11 relative) against float32 PyTorch. Measured
+# max abs differences: tiny detector boxes 1.5e-5, logits 1.2e-3; tiny segmenter boxes 1.2e-5, logits 2.1e-3, masks
+# 1.2e-2 (logits and masks pass through every layer's rounded weights; mask logits are the largest values). Limits at
+# about 2-4x that: loose enough for other seeds, tight enough to catch a wrong weight or a dropped op.
+FLOAT16 = Tolerance(boxes=1e-4, logits=5e-3, masks=2e-2)
+
+
+@pytest.fixture(scope="module")
+def detector() -> RFDETR:
+    return tiny_detector()
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> RFDETR:
+    return tiny_segmenter()
+
+
+@pytest.fixture(scope="module")
+def detector_file(detector: RFDETR, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return detector.export(tmp_path_factory.mktemp("det"), format="tflite")
+
+
+@pytest.fixture(scope="module")
+def segmenter_file(segmenter: RFDETR, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return segmenter.export(tmp_path_factory.mktemp("seg"), format="tflite", batch_size=2)
+
+
+class _GridSample(torch.nn.Module):
+    def forward(self, value: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def test_grid_sample_lowering_matches_eager(tmp_path: Path) -> None:
+    """Deformable attention's sampler is exported as is: litert-torch's lowering of ``F.grid_sample`` (bilinear,
+    zeros padding, align_corners=False) equals eager PyTorch, also for points outside the map and on its borders."""
+    gen = torch.Generator().manual_seed(0)
+
+    def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        value = torch.randn(6, 8, 9, 13, generator=gen)  # [B*nH, hd, H, W], H != W
+        grid = torch.rand(6, 40, 4, 2, generator=gen) * 3.2 - 1.6  # about half of the points fall outside [-1, 1]
+        # Exact corners, a half-pixel outside each border (the zero padding's edge), and far away.
+        grid[0, 0] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1 - 1 / 13, 1 + 1 / 9], [40.0, -40.0]])
+        return value, grid
+
+    value, grid = inputs()
+    path = tmp_path / "grid_sample.tflite"
+    litert_torch.convert(_GridSample().eval(), (value, grid)).export(str(path))
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    assert "CUSTOM" not in {op["op_name"] for op in interpreter._get_ops_details()}  # builtin ops only
+    runner = interpreter.get_signature_runner()
+    for _ in range(3):
+        value, grid = inputs()
+        got = runner(args_0=value.numpy(), args_1=grid.numpy())["output_0"]
+        expected = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False).numpy()
+        # float32 index arithmetic: the fractional offset of a coordinate ~W is only good to ~W * 2^-24.
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+        assert (got[0, :, 0, 3] == 0).all()  # far outside: zeros
+
+
+def test_detection_export_matches_pytorch(detector: RFDETR, detector_file: Path) -> None:
+    path = detector_file
+    assert path.name == "inference_model.tflite" and path.is_file()
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # atomic write left nothing behind
+    interpreter = Interpreter(model_path=str(path))
+    assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["input"], "outputs": ["dets", "labels"]}}
+    meta = tflite.read_metadata(path)
+    assert meta["class_names"] == detector.class_names and meta["format"] == "tflite"
+    assert meta["resolution"] == RESOLUTION and meta["masks"] is False and meta["num_select"] == 20
+    assert meta["mean"] == list(IMAGENET_MEAN) and meta["std"] == list(IMAGENET_STD)
+    assert meta["precision"] == "float32"
+    assert not path.with_name(path.name + ".json").exists()  # metadata lives in the file, no sidecar
+
+    model = load(path, threads=1)
+    assert model.session.input_shape == (1, 3, RESOLUTION, RESOLUTION)
+    assert model.class_names == detector.class_names and not model.masks and model.batch_size == 1
+    diffs = assert_outputs_match(detector, model)
+    assert diffs["pred_boxes"] <= 1e-4 and diffs["pred_logits"] <= 1e-4
+    # Three images of different sizes through a batch-1 file: predict() runs them one by one.
+    assert_same_detections(detector, model, [image(), image(40, 64, 1), image(64, 48, 2)])
+    report = json.loads(path.with_name(path.name + ".report.json").read_text())
+    assert report["format"] == "tflite" and report["max_abs_diff_vs_pytorch_float32"]["logits"] <= 1e-4
+
+
+def test_float16_export(detector: RFDETR, detector_file: Path, tmp_path: Path) -> None:
+    path = detector.export(tmp_path, format="tflite", half=True)
+    assert path.name == "inference_model_fp16.tflite"
+    assert path.stat().st_size < 0.7 * detector_file.stat().st_size  # the weights are float16
+    assert tflite.read_metadata(path)["precision"] == "float16"
+    model = load(path)
+    assert_outputs_match(detector, model, tol=FLOAT16, top_k=10)
+    # The top 10 are the same detections; lower down, proposals whose scores differ by less than the float16
+    # rounding may swap places (OpenVINO's float16 IR does the same, see deploy_notes.md).
+    images = [image(), image(40, 64, 1)]
+    for ours, theirs in zip(detector.predict(images, threshold=0.0), model.predict(images, threshold=0.0), strict=True):
+        np.testing.assert_allclose(theirs.confidence, ours.confidence, atol=1e-3)
+        np.testing.assert_array_equal(theirs.class_id[:10], ours.class_id[:10])
+        np.testing.assert_allclose(theirs.xyxy[:10], ours.xyxy[:10], atol=0.05)  # pixels
+
+
+def test_segmentation_export_matches_pytorch(segmenter: RFDETR, segmenter_file: Path) -> None:
+    interpreter = Interpreter(model_path=str(segmenter_file))
+    assert interpreter.get_signature_list()["serving_default"]["outputs"] == ["dets", "labels", "masks"]
+    model = load(segmenter_file)
+    assert model.masks and model.batch_size == 2 and model.session.output_names == ["dets", "labels", "masks"]
+    diffs = assert_outputs_match(segmenter, model, batch=2)
+    assert diffs["pred_masks"] <= 1e-3
+    # Three images through a batch-2 file: one full chunk, one padded.
+    assert_same_detections(segmenter, model, [image(), image(40, 64, 1), image(64, 48, 2)])
+
+
+def test_predict_on_strawberry_matches_pytorch(segmenter: RFDETR, segmenter_file: Path, strawberry_dir: Path) -> None:
+    picture = np.asarray(read_rgb(sorted((strawberry_dir / "valid").glob("*.jpg"))[0]))
+    assert_same_detections(segmenter, load(segmenter_file), [picture])
+
+
+def test_stage2_export_cli(tiny_stage2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--weights", str(tiny_stage2_checkpoint), "--output", str(tmp_path), "--format", "tflite"]
+    assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
+    path = tmp_path / "inference_model.tflite"
+    assert capsys.readouterr().out.strip().endswith(str(path))
+    model = load_model(tiny_stage2_checkpoint, "tiny", device="cpu")
+    assert isinstance(model.model, Segmenter) and model.masks
+    exported = load(path)
+    assert exported.masks and exported.class_names[:3] == NAMES
+    diffs = assert_outputs_match(model, exported)
+    assert diffs["pred_masks"] <= 1e-3
+    assert_same_detections(model, exported, [image(), image(40, 64, 1)])
+
+
+@pytest.mark.slow
+def test_seg_preview_mobile_configuration(tmp_path: Path) -> None:
+    """The mobile user's model: RFDETRSegPreview's layout (432 px, patch 12, 200 queries, 2 logits), with masks.
+
+    Slow: the export alone takes 4-5 minutes here (125 MB file); measured max abs differences: boxes 4e-7,
+    logits 1e-5, masks 9e-4.
+    """
+    torch.manual_seed(0)
+    model = RFDETRSegPreview(pretrain_weights=False, num_classes=1, class_names=["background", "strawberry"],
+                             device="cpu")
+    perturb(model.model, 4)
+    assert (model.resolution, model.model_config.patch_size, len(model.class_names)) == (432, 12, 2)
+    path = model.export(tmp_path, format="tflite")
+    exported = load(path)
+    assert exported.masks and exported.session.input_shape == (1, 3, 432, 432)
+    diffs = assert_outputs_match(model, exported)
+    assert diffs["pred_masks"] <= 1e-3
+    assert_same_detections(model, exported, [image(300, 400)])
+
+
+def test_bad_files_give_one_clear_error(detector_file: Path, tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(b"this is not a model, just some text")
+    with pytest.raises(ValueError, match=rf"^{foreign}: not a TFLite flatbuffer"):
+        load(foreign)
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(detector_file.read_bytes()[: 200_000])
+    with pytest.raises(ValueError, match=rf"^{truncated}: LiteRT cannot load it as a TFLite model"):
+        load(truncated)
+    # A valid TFLite model that is not an RF-DETR export.
+    other = tmp_path / "other.tflite"
+    litert_torch.convert(torch.nn.ReLU().eval(), (torch.zeros(1, 4),)).export(str(other))
+    with pytest.raises(ValueError, match=rf"^{other} is not an RF-DETR export"):
+        load(other)
+
+
+def test_export_failure_leaves_no_file(
+    detector: RFDETR, detector_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(litert_torch, "convert", fail)
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        detector.export(tmp_path / "a", format="tflite")
+    assert not list((tmp_path / "a").iterdir())
+
+    # A failure after the temporary file was written (here: moving it into place) removes it too. The converter is
+    # replaced by one that returns an existing flatbuffer, to spare a conversion.
+    content = detector_file.read_bytes()
+    monkeypatch.setattr(litert_torch, "convert", lambda *args, **kwargs: SimpleNamespace(model_content=lambda: content))
+
+    def no_replace(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tflite.os, "replace", no_replace)
+    with pytest.raises(OSError, match="disk full"):
+        detector.export(tmp_path / "b", format="tflite")
+    assert not list((tmp_path / "b").iterdir())
+
+
+def test_missing_package_gives_pip_command(detector: RFDETR, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # import litert_torch now raises ImportError
+    with pytest.raises(ImportError, match=r"needs litert_torch, which is not installed: pip install litert-torch=="):
+        detector.export(tmp_path, format="tflite")
+    assert not list(tmp_path.glob("*.tflite"))
