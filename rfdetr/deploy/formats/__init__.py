@@ -77,6 +77,8 @@ FORMATS: dict[str, ExportFormat] = {
     for f in (
         ExportFormat("onnx", "rfdetr.deploy.formats.onnx", ".onnx", ("onnx", "onnxruntime"), ("onnxruntime",),
                      ("onnx==1.23.2", "onnxruntime==1.32.0"), "onnx", "ONNX, run with onnxruntime"),
+        ExportFormat("openvino", "rfdetr.deploy.formats.openvino", ".xml", ("openvino",), ("openvino",),
+                     ("openvino==2026.4.1",), "openvino", "OpenVINO IR (.xml + .bin), run with OpenVINO"),
     )
 }
 EXPORT_FORMATS: tuple[str, ...] = tuple(FORMATS)
