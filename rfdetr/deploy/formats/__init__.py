@@ -79,6 +79,8 @@ FORMATS: dict[str, ExportFormat] = {
                      ("onnx==1.23.2", "onnxruntime==1.32.0"), "onnx", "ONNX, run with onnxruntime"),
         ExportFormat("openvino", "rfdetr.deploy.formats.openvino", ".xml", ("openvino",), ("openvino",),
                      ("openvino==2026.4.1",), "openvino", "OpenVINO IR (.xml + .bin), run with OpenVINO"),
+        ExportFormat("executorch", "rfdetr.deploy.formats.executorch", ".pte", ("executorch",), ("executorch",),
+                     ("executorch==1.5.1",), "executorch", "ExecuTorch program with the XNNPACK delegate"),
     )
 }
 EXPORT_FORMATS: tuple[str, ...] = tuple(FORMATS)
