@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import torch
 
 from rfdetr.deploy.graph import ExportForward
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "RT_INFO_ROOT", "Session", "export", "read_metadata"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "RT_INFO_ROOT", "Session", "export", "quantize", "read_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,15 @@ def export(
     for key, value in (metadata or {}).items():
         model.set_rt_info(str(value), [RT_INFO_ROOT, str(key)])
 
+    _save_atomically(ov, model, path, half)
+    batch, _, height, width = example.shape
+    logger.info("exported %s (%s, %s weights, input [%d, 3, %d, %d])", path, ", ".join(output_names),
+                "float16" if half else "float32", batch, height, width)
+    return path
+
+
+def _save_atomically(ov: Any, model: Any, path: Path, half: bool) -> Path:
+    """``ov.save_model`` to temporary names, then renamed: a failure leaves neither the ``.xml`` nor the ``.bin``."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.xml")
     moved_weights = False
     try:
@@ -125,9 +134,6 @@ def export(
     finally:
         tmp.unlink(missing_ok=True)
         weights_path(tmp).unlink(missing_ok=True)
-    batch, _, height, width = example.shape
-    logger.info("exported %s (%s, %s weights, input [%d, 3, %d, %d])", path, ", ".join(output_names),
-                "float16" if half else "float32", batch, height, width)
     return path
 
 
@@ -218,3 +224,61 @@ class Session:
         results = self.request.infer({0: np.ascontiguousarray(pixels, dtype=np.float32)})
         # infer() hands back views of the request's output buffers, which the next call overwrites: copy.
         return [np.array(results[output]) for output in self.compiled.outputs]
+
+
+def quantize(
+    float_path: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    calibration: Sequence[np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    batch: int = 1,
+    exclude: Sequence[str] = (),
+) -> Path:
+    """Static full-integer INT8 of a float32 IR by NNCF post-training quantization, calibrated on preprocessed images.
+
+    NNCF (default ``performance`` preset: symmetric int8 weights per output channel and activations per tensor,
+    ranges from the statistics of ``calibration``) inserts FakeQuantize in front of the matrix products and
+    convolutions; the CPU plugin runs them as int8 kernels, the rest (LayerNorm, Softmax, GridSample, the box
+    arithmetic) stays float. ``ModelType.TRANSFORMER`` is not used: its statistics collection fails on this graph in
+    NNCF 3.4 (a reduction axis out of range on a reshape of the projector), as does SmoothQuant.
+
+    Args:
+        float_path: the float32 IR written by :func:`export`.
+        path: the INT8 ``.xml`` to write (atomically, with its ``.bin``).
+        calibration: network inputs [1, 3, R, R] float32 (:func:`rfdetr.deploy.calibration.calibration_arrays`).
+        metadata: entries for the IR's ``rt_info`` (written again: the quantizer rebuilds the model).
+        batch: the file's static batch (inputs are repeated to fill it).
+        exclude: node (friendly) names kept in float (mixed precision).
+
+    Raises:
+        ImportError: openvino or nncf is not installed.
+        ValueError: ``float_path`` cannot be read as an IR.
+    """
+    ov = require_openvino()
+    try:
+        import nncf
+    except ImportError as err:
+        raise ImportError("INT8 OpenVINO needs the optional package nncf: pip install nncf==3.4.0") from err
+    model = _read_model(ov.Core(), float_path)
+    # Fold weight-only subgraphs (e.g. the q/k/v weights concatenated in the forward) into constants first: NNCF
+    # would otherwise take them for activations and fail to build their statistics.
+    from openvino import passes as ov_passes
+
+    passes = ov_passes.Manager()
+    passes.register_pass(ov_passes.ConstantFolding())
+    passes.run_passes(model)
+    dataset = nncf.Dataset(list(calibration), lambda item: np.repeat(item, batch, axis=0))
+    ignored = nncf.IgnoredScope(names=list(exclude), validate=False) if exclude else None
+    # SmoothQuant is switched off (alpha -1): NNCF 3.4's pass fails on this graph ("cannot reshape array of size
+    # 262144 into shape (64,64,1,1)" on a 1x1 convolution of the projector).
+    advanced = nncf.AdvancedQuantizationParameters(
+        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1, convolution=-1))
+    quantized = nncf.quantize(model, dataset, subset_size=len(calibration), ignored_scope=ignored,
+                              advanced_parameters=advanced)
+    for key, value in (metadata or {}).items():
+        quantized.set_rt_info(str(value), [RT_INFO_ROOT, str(key)])
+    path = _save_atomically(ov, quantized, Path(path), half=False)
+    logger.info("quantized %s to INT8 with NNCF on %d calibration images (%d nodes kept in float by request)", path,
+                len(calibration), len(exclude))
+    return path
