@@ -13,8 +13,9 @@ boxes, 3e-6 logits) and latency, but this one exports in 6 s against 9.5 s throu
 
 Weights are stored in float32 by default. ``half=True`` compresses them to float16 in the ``.bin`` (half the size);
 the CPU plugin decompresses them and still computes in float32 (:class:`Session` pins the f32 precision hint, because
-on CPUs with bf16 / AMX support the plugin would otherwise run bf16). Note that fp16 weights move logits by ~1e-3,
-enough to swap near-tied proposals of the top-k, which is why float32 is the default here.
+on CPUs with bf16 / AMX support the plugin would otherwise run bf16). float16 weights move logits by ~3e-3 on the
+tiny test models, enough to reorder near-tied proposals: on RFDETRNano (random weights, 384 px) 53 of the 300 top-k
+(query, class) pairs changed, which is why float32 is the default here (measured: max diff 0.0 boxes, 3e-6 logits).
 
 ``openvino`` is an optional dependency (``pip install openvino``), imported only when exporting or running.
 """
