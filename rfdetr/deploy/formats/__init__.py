@@ -80,6 +80,10 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat("tflite", "rfdetr.deploy.formats.tflite", ".tflite", ("ai_edge_litert", "litert_torch"),
                      ("ai_edge_litert",), ("litert-torch==0.10.0", "ai-edge-litert==2.3.0"), "tflite",
                      "TFLite (LiteRT flatbuffer), run with ai-edge-litert"),
+        ExportFormat("openvino", "rfdetr.deploy.formats.openvino", ".xml", ("openvino",), ("openvino",),
+                     ("openvino==2026.4.1",), "openvino", "OpenVINO IR (.xml + .bin), run with OpenVINO"),
+        ExportFormat("executorch", "rfdetr.deploy.formats.executorch", ".pte", ("executorch",), ("executorch",),
+                     ("executorch==1.5.1",), "executorch", "ExecuTorch program with the XNNPACK delegate"),
     )
 }
 EXPORT_FORMATS: tuple[str, ...] = tuple(FORMATS)

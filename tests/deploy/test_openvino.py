@@ -1,0 +1,206 @@
+"""OpenVINO IR export: the tiny detection, single-stage segmentation and stage-2 models run in OpenVINO like PyTorch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino", reason="OpenVINO export tests need openvino (pip install openvino==2026.4.1)")
+
+from rfdetr import export as export_cli  # noqa: E402
+from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from rfdetr.data.image_io import read_rgb  # noqa: E402
+from rfdetr.deploy import load  # noqa: E402
+from rfdetr.deploy.formats.openvino import read_metadata  # noqa: E402
+from rfdetr.detr import RFDETR, load_model  # noqa: E402
+from rfdetr.models.segmenter import Segmenter  # noqa: E402
+from tests.deploy.models import (  # noqa: E402
+    NAMES,
+    RESOLUTION,
+    Tolerance,
+    assert_outputs_match,
+    assert_same_detections,
+    image,
+    tiny_detector,
+    tiny_segmenter,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# float16 weights (``half=True``): each weight is rounded to 11 significant bits (relative error <= 2^-11 ~ 5e-4);
+# through the tiny models' layers that moves logits by up to 3.3e-3 and mask logits (dot products of larger
+# activations) by up to 3.2e-2, boxes (a sigmoid of small deltas) by 3.5e-5 (measured on 3 random batches). The
+# tolerance is about 3x those maxima; the top-10 proposals and detections must still be the same.
+FLOAT16 = Tolerance(boxes=2e-4, logits=1e-2, masks=1e-1)
+# Scores are sigmoid(logit) (slope <= 1/4), so a logit tolerance of 1e-2 is a score tolerance of 2.5e-3.
+FLOAT16_SCORE_ATOL = 2.5e-3
+# Boxes are normalised cxcywh scaled to pixels: 2e-4 of the 90 px test image is 0.018 px.
+FLOAT16_BOX_ATOL = 0.02
+
+
+@pytest.fixture(scope="module")
+def detector() -> RFDETR:
+    return tiny_detector()
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> RFDETR:
+    return tiny_segmenter()
+
+
+@pytest.fixture(scope="module")
+def stage2(tiny_stage2_checkpoint: Path) -> RFDETR:
+    return load_model(tiny_stage2_checkpoint, "tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def stage2_ir(tiny_stage2_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stage-2 checkpoint exported by ``python -m rfdetr.export --format openvino``."""
+    out = tmp_path_factory.mktemp("stage2_ir")
+    argv = ["--weights", str(tiny_stage2_checkpoint), "--output", str(out), "--format", "openvino"]
+    assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
+    return out / "inference_model.xml"
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp"))
+
+
+def test_detection_export_matches_pytorch(detector: RFDETR, tmp_path: Path) -> None:
+    path = detector.export(tmp_path, format="openvino")
+    assert path == tmp_path / "inference_model.xml" and path.with_suffix(".bin").is_file()
+    assert _leftovers(tmp_path) == []  # the atomic write left no temporary file behind
+    model = ov.Core().read_model(str(path))
+    # A static, named input and named outputs (rfdetr's IR has [?,?,?,?] and anonymous outputs).
+    assert [(i.get_any_name(), str(i.get_partial_shape())) for i in model.inputs] == [("input", "[1,3,64,64]")]
+    assert [(o.get_any_name(), str(o.get_partial_shape())) for o in model.outputs] == [
+        ("dets", "[1,20,4]"), ("labels", "[1,20,4]")]
+    assert {str(o.get_element_type()) for o in model.outputs} == {"<Type: 'float32'>"}
+    meta = read_metadata(path)
+    assert meta["class_names"] == NAMES and meta["resolution"] == RESOLUTION and meta["masks"] is False
+    assert meta["num_select"] == 20 and meta["format"] == "openvino" and meta["precision"] == "float32"
+    assert meta["mean"] == list(IMAGENET_MEAN) and meta["std"] == list(IMAGENET_STD)
+
+    exported = load(path, threads=1)
+    assert exported.format.name == "openvino" and exported.class_names == NAMES and not exported.masks
+    diffs = assert_outputs_match(detector, exported)
+    assert diffs["pred_boxes"] <= 1e-5 and diffs["pred_logits"] <= 2e-5  # float32 weights: equal up to reordering
+    assert_same_detections(detector, exported, [image(), image(40, 64, 1), image(64, 48, 2)])
+
+
+def test_segmentation_export_batch_two_matches_pytorch(segmenter: RFDETR, tmp_path: Path) -> None:
+    path = segmenter.export(tmp_path, format="openvino", batch_size=2)
+    exported = load(path)
+    assert exported.session.output_names == ["dets", "labels", "masks"]
+    assert exported.masks and exported.batch_size == 2 and exported.session.input_shape == (2, 3, 64, 64)
+    assert_outputs_match(segmenter, exported, batch=2)
+    # Three images through a batch-2 file: one full chunk, one padded.
+    assert_same_detections(segmenter, exported, [image(), image(40, 64, 1), image(64, 48, 2)])
+
+
+def test_stage2_export_cli_matches_pytorch(stage2: RFDETR, stage2_ir: Path) -> None:
+    assert isinstance(stage2.model, Segmenter) and stage2.masks
+    exported = load(stage2_ir)
+    assert exported.masks and exported.class_names[:3] == NAMES
+    assert_outputs_match(stage2, exported)
+    assert_same_detections(stage2, exported, [image(), image(40, 64, 1)])
+
+
+@pytest.mark.parametrize("which", ["segmenter", "stage2"])
+def test_half_weights_keep_the_top_detections(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    model: RFDETR = request.getfixturevalue(which)
+    path = model.export(tmp_path, format="openvino", half=True)
+    assert path.name == "inference_model_fp16.xml" and read_metadata(path)["precision"] == "float16"
+    # float16 weights: the .bin is about half of the float32 parameters.
+    float32_bytes = 4 * sum(p.numel() for p in model.model.parameters())
+    assert path.with_suffix(".bin").stat().st_size < 0.6 * float32_bytes
+    exported = load(path)
+    assert_outputs_match(model, exported, tol=FLOAT16)
+    _assert_same_top_detections(model, exported, [image(), image(40, 64, 1)])
+
+
+def _assert_same_top_detections(model: RFDETR, exported: object, images: list[np.ndarray], top_k: int = 10) -> None:
+    """:func:`assert_same_detections` at the float16 tolerances, classes compared in the top ``top_k`` only: below
+    them, proposals whose scores differ by less than the float16 error may trade places."""
+    for a, b in zip(model.predict(images, threshold=0.0), exported.predict(images, threshold=0.0),  # type: ignore
+                    strict=True):
+        np.testing.assert_allclose(b.confidence, a.confidence, atol=FLOAT16_SCORE_ATOL)
+        np.testing.assert_array_equal(b.class_id[:top_k], a.class_id[:top_k])
+        np.testing.assert_allclose(b.xyxy[:top_k], a.xyxy[:top_k], atol=FLOAT16_BOX_ATOL)
+        if a.mask is not None:
+            # Pixels whose mask logit is within the float16 error of 0 may flip.
+            assert (b.mask[:top_k] != a.mask[:top_k]).mean() < 1e-2
+
+
+def test_predict_on_strawberry_images(stage2: RFDETR, stage2_ir: Path, strawberry_dir: Path) -> None:
+    pictures = [np.asarray(read_rgb(p)) for p in sorted((strawberry_dir / "valid").glob("*.jpg"))[:2]]
+    assert len(pictures) == 2
+    assert_same_detections(stage2, load(stage2_ir), pictures)
+
+
+def test_optimize_for_inference_runs_the_ir(detector: RFDETR, tmp_path: Path) -> None:
+    engine = detector.optimize_for_inference(engine="openvino", cache_dir=tmp_path)
+    try:
+        assert engine.format.name == "openvino" and engine.path.suffix == ".xml"
+        pictures = [image(), image(40, 64, 1)]
+        ours = detector.predict(pictures, threshold=0.0)
+    finally:
+        detector.remove_optimized_model()
+    theirs = detector.predict(pictures, threshold=0.0)
+    for a, b in zip(ours, theirs, strict=True):  # type: ignore[arg-type]
+        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-5)
+        np.testing.assert_array_equal(a.class_id[:10], b.class_id[:10])
+
+
+def test_load_rejects_foreign_and_broken_files(detector: RFDETR, stage2_ir: Path, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.xml"
+    garbage.write_bytes(os.urandom(256))
+    with pytest.raises(ValueError, match=f"^{garbage}: OpenVINO cannot read it as an IR") as info:
+        load(garbage)
+    assert "\n" not in str(info.value)
+    # An IR whose .bin is gone.
+    lonely = tmp_path / "lonely.xml"
+    lonely.write_text(stage2_ir.read_text())
+    with pytest.raises(ValueError, match=f"^{lonely}: OpenVINO cannot read it as an IR"):
+        load(lonely)
+    # A valid IR that is not an RF-DETR export.
+    import openvino.opset13 as ops
+
+    param = ops.parameter([1, 4], np.float32, name="x")
+    foreign = tmp_path / "foreign.xml"
+    ov.save_model(ov.Model([ops.relu(param)], [param]), str(foreign))
+    with pytest.raises(ValueError, match=f"^{foreign} is not an RF-DETR export: expected one static input 'input'"):
+        load(foreign)
+
+
+def test_failed_export_leaves_no_files(detector: RFDETR, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = ov.save_model
+
+    def save_then_fail(model: object, path: str, compress_to_fp16: bool = True) -> None:
+        real_save(model, path, compress_to_fp16=compress_to_fp16)  # both files written, then the disk "fills up"
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ov, "save_model", save_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        detector.export(tmp_path, format="openvino")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_int8_ir_is_quantized_and_runs(segmenter: RFDETR, strawberry_dir: Path, tmp_path: Path) -> None:
+    """Full-integer INT8 by NNCF: FakeQuantize in front of the matrix products, a smaller file, the same contract.
+
+    The tiny model has random weights, so its INT8 outputs are far from float32 (as with ONNX INT8: max box diff
+    0.76 for both here); whether INT8 keeps a trained model's detections is checked with a trained model."""
+    path = segmenter.export(tmp_path, format="openvino", int8=True, calibration=strawberry_dir, calibration_images=4)
+    assert path.name == "inference_model_int8.xml" and read_metadata(path)["precision"] == "int8"
+    assert _leftovers(tmp_path) == []  # the hidden float32 IR the quantizer read is gone
+    model = ov.Core().read_model(str(path))
+    assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops()) > 50
+    assert path.with_suffix(".bin").stat().st_size < 0.6 * 4 * sum(p.numel() for p in segmenter.model.parameters())
+    exported = load(path)
+    assert exported.session.output_names == ["dets", "labels", "masks"] and exported.class_names == NAMES
+    detections = exported.predict(image(), threshold=0.0)
+    assert len(detections) == 20 and detections.mask is not None  # type: ignore[union-attr]
