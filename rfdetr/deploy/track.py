@@ -12,10 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
+from torchvision.ops import nms
 
 from rfdetr.deploy.detections import Detections
 
-__all__ = ["TRACK_INSTALL", "Tracker", "require_tracking"]
+__all__ = ["SAME_OBJECT_IOU", "TRACK_INSTALL", "Tracker", "one_per_object", "require_tracking"]
+
+# Two detections whose boxes overlap this much are one object. DETR's top-k over queries x classes often returns one
+# query's box twice, with two classes (circle 0.6 and square 0.3 on the same shape): a tracker given both starts two
+# tracks on one object, and which of them the object "is" flips from frame to frame.
+SAME_OBJECT_IOU = 0.8
 
 TRACK_INSTALL = "pip install 'rtdetr-seg[video]' (or pip install supervision==0.31.2 trackers==2.6.1)"
 
@@ -29,6 +36,15 @@ def require_tracking() -> Any:
         raise ImportError(f"--track needs the optional packages 'supervision' and 'trackers' ({err.name} is "
                           f"missing): {TRACK_INSTALL}") from None
     return trackers
+
+
+def one_per_object(detections: Detections, iou: float = SAME_OBJECT_IOU) -> Detections:
+    """The detections without the lower-scored duplicates of an object (class-agnostic NMS at ``iou``), most
+    confident first."""
+    if len(detections) < 2:
+        return detections
+    keep = nms(torch.from_numpy(detections.xyxy).float(), torch.from_numpy(detections.confidence).float(), iou)
+    return detections[keep.numpy()]
 
 
 class Tracker:
@@ -63,16 +79,17 @@ class Tracker:
         """Assign track ids to one frame's detections.
 
         Returns:
-            The same detections, sorted by descending confidence, with ``tracker_id`` set (-1: not in a confirmed
-            track yet).
+            The detections, one per object (:func:`one_per_object`: the class an object is drawn and tracked with is
+            its most confident one), sorted by descending confidence, with ``tracker_id`` set (-1: not in a
+            confirmed track yet).
         """
-        tracked = self._tracker.update(detections.to_supervision())
+        tracked = self._tracker.update(one_per_object(detections).to_supervision())
         if len(tracked) == 0:
             empty = Detections.empty(None if detections.mask is None else detections.mask.shape[1:])
             empty.tracker_id = empty.class_id.copy()
             return empty
         out = Detections.from_supervision(tracked)
-        assert out.tracker_id is not None
+        ids = out.tracker_id if out.tracker_id is not None else np.full(len(out), -1)
         # trackers counts from 0; people (and Ultralytics) count objects from 1.
-        out.tracker_id = np.where(out.tracker_id >= 0, out.tracker_id + 1, -1)
+        out.tracker_id = np.where(ids >= 0, ids + 1, -1)
         return out

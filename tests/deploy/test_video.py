@@ -329,3 +329,16 @@ def test_live_reading_keeps_the_newest_frame(clip: Path, tmp_path: Path) -> None
     with VideoReader(VideoSource(str(clip), "file"), live=True, stride=4, max_frames=2) as reader:
         first = [frame.index for frame in reader]
     assert first[0] == 0 and len(first) == 2 and first[1] >= 4
+
+
+def test_tracking_takes_one_detection_per_object() -> None:
+    """DETR's top-k may give one query's box twice, with two classes: the tracker gets the more confident one only."""
+    from rfdetr.deploy.detections import Detections
+    from rfdetr.deploy.track import one_per_object
+
+    box, other = [10.0, 10.0, 50.0, 50.0], [60.0, 60.0, 90.0, 90.0]
+    dets = Detections(np.array([box, box, other]), np.array([0.3, 0.6, 0.5]), np.array([1, 0, 1]),
+                      ["square", "circle", "square"])
+    kept = one_per_object(dets)
+    assert kept.class_name == ["circle", "square"] and kept.confidence.tolist() == pytest.approx([0.6, 0.5])
+    assert len(one_per_object(dets[:1])) == 1
