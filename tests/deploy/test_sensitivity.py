@@ -54,3 +54,24 @@ def test_sensitivity_one_group_at_a_time(tmp_path: Path) -> None:
     assert set(results[-1].errors) == {"boxes", "logits", "masks"}
     # Quantizing everything moves the outputs at least as much as the least sensitive group alone.
     assert results[-1].score >= scores[-1]
+
+
+def test_int8_keeps_the_proposal_heads_in_float(tmp_path: Path) -> None:
+    """By default the two-stage proposal heads (FLOAT_GROUPS) stay float; every other matrix product is INT8."""
+    import onnx
+
+    from rfdetr.deploy.formats.onnx import FLOAT_GROUPS, quantize
+
+    path = tiny_segmenter().export(tmp_path, format="onnx")
+    inputs = [np.random.default_rng(i).standard_normal((1, 3, 64, 64)).astype(np.float32) for i in range(2)]
+    quantized = onnx.load(str(quantize(path, tmp_path / "q.onnx", inputs)))
+    produced_by = {out: node.op_type for node in quantized.graph.node for out in node.output}
+    floats, ints = set(), set()
+    for node in quantized.graph.node:
+        if node.op_type in ("MatMul", "Conv", "Gemm"):
+            # A quantized product reads its weight (input 1) through a DequantizeLinear; a float one reads it as is
+            # (its activation input may still come through one, when a quantized node shares that tensor).
+            int8_weight = produced_by.get(node.input[1]) == "DequantizeLinear"
+            (ints if int8_weight else floats).add(node_group(node.name))
+    assert floats == set(FLOAT_GROUPS)
+    assert not floats & ints and "backbone.encoder.layer.0" in ints and "class_embed" in ints
