@@ -1,0 +1,149 @@
+"""Full-integer INT8 exports calibrated on the user's images, their report, the accuracy gate, and
+``optimize_for_inference``'s runtime engines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from rfdetr import export as export_cli
+from rfdetr.deploy import load
+from rfdetr.deploy import optimize as optimize_module
+from rfdetr.deploy.exporter import int8_formats
+from rfdetr.deploy.formats import FORMATS
+from rfdetr.deploy.report import load_report, report_path
+from rfdetr.detr import RFDETR, load_model
+from tests.deploy.models import assert_same_detections, image, tiny_detector
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Every format whose module offers full-integer INT8 (onnx; openvino and tflite when their quantize lands).
+INT8_FORMATS = int8_formats()
+
+
+def _test_images(dataset: Path) -> list[np.ndarray]:
+    from PIL import Image
+
+    files = sorted(p for p in (dataset / "test").iterdir() if p.suffix in (".png", ".jpg"))
+    return [np.asarray(Image.open(p).convert("RGB")) for p in files]
+
+
+# How far an INT8 file's score may move from float32, per format. Measured on the demo model's 16 test images: ONNX
+# (onnxruntime QDQ, u8 activations) within 0.15; OpenVINO (NNCF, MIXED preset) up to 0.19.
+SCORE_TOLERANCE = {"onnx": 0.15, "openvino": 0.25}
+
+
+def assert_same_top_detections(float_model: RFDETR, int8_model: object, images: list[np.ndarray],
+                               threshold: float = 0.5, score_tolerance: float = 0.15) -> int:
+    """Every float32 detection above ``threshold`` has an INT8 one of the same class: box IoU >= 0.8, score within
+    ``score_tolerance``, mask IoU >= 0.8. Returns how many were compared."""
+    compared = 0
+    for picture in images:
+        ours = float_model.predict(picture, threshold=threshold)
+        theirs = int8_model.predict(picture, threshold=max(0.0, threshold - 0.2))  # type: ignore[attr-defined]
+        for i in range(len(ours)):
+            assert len(theirs), "an INT8 file lost a detection"
+            ious = box_iou(torch.from_numpy(ours.xyxy[i : i + 1]), torch.from_numpy(theirs.xyxy))[0]
+            j = int(ious.argmax())
+            assert theirs.class_id[j] == ours.class_id[i]
+            assert float(ious[j]) >= 0.8 and abs(theirs.confidence[j] - ours.confidence[i]) <= score_tolerance
+            if ours.mask is not None:
+                inter = (ours.mask[i] & theirs.mask[j]).sum()
+                assert inter / max(1, (ours.mask[i] | theirs.mask[j]).sum()) >= 0.8
+            compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("fmt", INT8_FORMATS)
+def test_int8_file_keeps_the_top_detections(fmt: str, demo_run: Path, tmp_path: Path) -> None:
+    model = load_model(demo_run / "model.pth", device="cpu")
+    dataset = demo_run / "dataset"
+    float_path = model.export(tmp_path, format=fmt)
+    path = model.export(tmp_path, format=fmt, int8=True, calibration=dataset, calibration_images=32)
+    assert path.name == f"inference_model_int8{FORMATS[fmt].suffix}"
+    report = load_report(path)
+    assert report["precision"] == "int8" and report["compared_on"] == "32 calibration image(s)"
+    assert set(report["max_abs_diff_vs_pytorch_float32"]) == {"boxes", "logits", "masks"}
+    assert report["size_mb"] < 0.6 * load_report(float_path)["size_mb"]  # int8 weights
+    compared = assert_same_top_detections(model, load(path), _test_images(dataset),
+                                          score_tolerance=SCORE_TOLERANCE.get(fmt, 0.15))
+    assert compared >= 5
+
+
+def test_int8_gate_refuses_and_leaves_no_file(demo_run: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = demo_run / "dataset"
+    # A negative allowance (the file must *gain* 50 points) refuses any file: the gate itself is what is tested.
+    argv = ["--weights", str(demo_run / "model.pth"), "--output", str(tmp_path), "--int8", "--calibration",
+            str(dataset), "--calibration_images", "8", "--dataset", str(dataset), "--max_map_drop", "-50"]
+    assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused" in err and "--max_map_drop -50" in err
+    path = tmp_path / "inference_model_int8.onnx"
+    assert not path.exists() and not [p for p in tmp_path.iterdir() if p.suffix == ".onnx"]
+    report = json.loads(report_path(path).read_text())
+    assert report["refused"] is True
+    acc = report["accuracy"]
+    assert set(acc["exported"]) == {"bbox", "segm"} and acc["max_map_drop"] == -50
+    for iou_type in ("bbox", "segm"):
+        assert acc["drop_points"][iou_type] == pytest.approx(100 * (acc["float32"][iou_type] -
+                                                                    acc["exported"][iou_type]), abs=1e-2)
+
+
+def test_calibration_folder_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_detector()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"calibration folder .*empty holds no image files"):
+        model.export(tmp_path, int8=True, calibration=empty)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(3):
+        (broken / f"{i}.jpg").write_bytes(b"not a picture")
+    with pytest.raises(ValueError, match="none of the 3 calibration files in .*broken could be read"):
+        model.export(tmp_path, int8=True, calibration=broken)
+    with pytest.raises(ValueError, match="int8 needs calibration images"):
+        model.export(tmp_path, int8=True)
+    argv = ["--weights", "missing.pth", "--int8", "--calibration", str(empty)]
+    assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 2
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_optimize_auto_uses_a_cached_runtime_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_detector()
+    pictures = [image(), image(40, 64, 1)]
+    expected = model.predict(pictures, threshold=0.0)
+    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.optimize"):
+        engine = model.optimize_for_inference(engine="auto", cache_dir=tmp_path)
+    installed = [e for e in optimize_module.AUTO_ORDER if optimize_module.ENGINES[e] in FORMATS]
+    assert engine.format.name == optimize_module.ENGINES[installed[0]]  # the first (fastest) installed runtime
+    assert "exporting to" in caplog.text
+    got = model.predict(pictures, threshold=0.0)
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_allclose(b.confidence, a.confidence, atol=1e-4)
+        np.testing.assert_array_equal(b.class_id[:10], a.class_id[:10])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.optimize"):
+        model.optimize_for_inference(engine="auto", cache_dir=tmp_path)
+    assert "using the cached" in caplog.text  # exported once, keyed by the weights' hash and the settings
+    model.remove_optimized_model()
+    assert model._engine is None
+    assert_same_detections(model, load(engine.path), pictures, score_atol=1e-4)
+
+
+def test_optimize_auto_falls_back_to_pytorch(monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_detector()
+    monkeypatch.setattr(optimize_module, "AUTO_ORDER", ())  # as if no runtime were installed
+    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.optimize"):
+        module = model.optimize_for_inference(engine="auto")
+    assert isinstance(module, torch.nn.Module) and model._engine is None
+    assert len([r for r in caplog.records if "no export runtime is installed" in r.message]) == 1
+    with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
+        model.optimize_for_inference(engine="tensorrt")
