@@ -151,3 +151,34 @@ def test_failed_export_leaves_no_files(detector: RFDETR, tmp_path: Path, monkeyp
     with pytest.raises(OSError, match="No space left"):
         detector.export(tmp_path, format="executorch")
     assert list(tmp_path.iterdir()) == []
+
+
+_THREADPOOL_SCRIPT = """
+import logging, sys
+import numpy as np
+from executorch.extension.pybindings import portable_lib
+from rfdetr.deploy.formats.executorch import Session
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+first = Session(sys.argv[1], threads=1)
+print("pool", portable_lib._threadpool_get_thread_count())
+second = Session(sys.argv[1], threads=2)
+print("pool", portable_lib._threadpool_get_thread_count())
+pixels = np.random.default_rng(0).random(first.input_shape, dtype=np.float32)
+a, b = first.run(pixels), second.run(pixels)
+assert all(np.array_equal(x, y) for x, y in zip(a, b))
+print("ran both")
+"""
+
+
+def test_threadpool_is_sized_before_loading_and_never_under_a_loaded_program(detector_pte: Path) -> None:
+    """XNNPACK binds the pool a program is loaded with; resizing it afterwards crashed the next execute() (a segfault
+    on a 2-core AVX512 host). Run in a child process, so a regression fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _THREADPOOL_SCRIPT, str(detector_pte)], capture_output=True,
+                            text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-2000:]}"
+    lines = result.stdout.splitlines()
+    assert lines.count("pool 1") == 2 and lines[-1] == "ran both", result.stdout
+    assert any("1 program(s) are loaded on 1 threads; threads=2 ignored" in line for line in lines), result.stdout

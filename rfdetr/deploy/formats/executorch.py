@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -142,14 +143,30 @@ def _check_header(path: str | os.PathLike[str]) -> None:
                              f"its header says {needed})")
 
 
+# Every live Session: XNNPACK keeps a pointer to the threadpool its program was loaded with, so resetting the pool
+# under a loaded program leaves that pointer dangling and the next execute() crashes the process (segfault).
+_LIVE: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
 def _threadpool(threads: int) -> None:
-    """Size ExecuTorch's CPU threadpool (XNNPACK's threads). It is one pool per process: the last Session wins."""
+    """Size ExecuTorch's CPU threadpool (XNNPACK's threads) before a program is loaded.
+
+    It is one pool per process. Resizing it is only safe while no program is loaded (see ``_LIVE``), so while other
+    Sessions are alive the pool keeps its size and ``threads`` is ignored with a warning.
+    """
     from executorch.extension.pybindings import portable_lib
 
     reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+    current = portable_lib._threadpool_get_thread_count()
+    if current == threads:
+        return
     if reset is None:
         logger.warning("this executorch build cannot set the thread count; threads=%d ignored", threads)
-    elif portable_lib._threadpool_get_thread_count() != threads:
+    elif len(_LIVE):
+        logger.warning("ExecuTorch's threadpool is shared by the process and %d program(s) are loaded on %d threads; "
+                       "threads=%d ignored (resizing it under a loaded program crashes the process)", len(_LIVE),
+                       current, threads)
+    else:
         reset(int(threads))
 
 
@@ -159,7 +176,8 @@ class Session:
     Args:
         path: the ``.pte`` file (its metadata JSON beside it).
         threads: threads of ExecuTorch's CPU threadpool, which XNNPACK runs on (default: the runtime's, one per
-            core). The pool is shared by every program in the process, so this sets it for all of them.
+            core). The pool is shared by every program in the process and can only be resized while none is loaded:
+            a later Session asking for another count runs on the existing pool, with a warning.
 
     Raises:
         ImportError: executorch is not installed.
@@ -175,6 +193,8 @@ class Session:
                               f"{INSTALL_HINT}") from err
         name = os.fspath(path)
         _check_header(path)
+        if threads is not None:  # before loading: the program's XNNPACK delegate binds the pool it is loaded with
+            _threadpool(threads)
         try:
             program = Runtime.get().load_program(Path(path))
             method = program.load_method("forward")
@@ -190,11 +210,10 @@ class Session:
             raise ValueError(f"{name} is not an RF-DETR export: expected one input [B, 3, R, R] and 2 or 3 outputs, "
                              f"found {meta.num_inputs()} input(s) {sizes} and {meta.num_outputs()} output(s)")
         self.metadata: dict[str, str] = read_sidecar(path)
-        if threads is not None:
-            _threadpool(threads)
         self.program, self.method = program, method
         self.input_shape: tuple[int | None, int, int, int] = tuple(int(d) for d in sizes)  # type: ignore[assignment]
         self.output_names = list(OUTPUT_NAMES[: meta.num_outputs()])
+        _LIVE.add(self)
 
     def run(self, pixels: np.ndarray) -> list[np.ndarray]:
         """[B, 3, R, R] float32 -> boxes [B, Q, 4], logits [B, Q, K][, masks [B, Q, R/4, R/4]]."""
