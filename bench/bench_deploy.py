@@ -2,18 +2,26 @@
 
     python bench/bench_deploy.py --upstream-python /work/upstream-venv/bin/python
     python bench/bench_deploy.py --size nano --formats onnx tflite openvino --rounds 6
+    python bench/bench_deploy.py --size nano --formats onnx-int8 openvino-int8 --upstream-python ... \
+        --weights runs/x/checkpoint_best.pth --dataset DATASET        # INT8 rows and the accuracy block
 
-For each preset (default nano at 384 and seg-nano at 312 px; random weights, batch 1, ``--threads`` threads) it
-exports our model to every format of the registry whose packages are installed (float32, and float16 weights where
-the format offers them), and with ``--upstream-python`` exports rfdetr 1.11.2's model to the formats it also has
-(onnx, openvino, litert = tflite, executorch) in its own interpreter. Then every model runs in its own long-lived
-worker process (:mod:`harness`), the workers taking turns ``--iters`` runs at a time in a rotating order for
-``--rounds`` rounds. Printed per model: median ms, the spread (min-max of the per-round medians), the ratio to our
-PyTorch forward and to upstream's, the file size and the export time.
+For each preset (default nano at 384 and seg-nano at 312 px; random weights, batch 1, ``--threads`` threads) it exports
+our model to every format of the registry whose packages are installed (float32, float16 weights where the format offers
+them, and full-integer INT8 where it offers that: ``-int8``, calibrated on ``--calibration_images`` synthetic shapes
+images at the preset's resolution, or on ``--calibration DIR``), and with ``--upstream-python`` exports rfdetr 1.11.2's
+model to the formats it also has (onnx, openvino, litert = tflite, executorch with the xnnpack backend) in its own
+interpreter. Then every model runs in its own long-lived worker process (:mod:`harness`), the workers taking turns
+``--iters`` runs at a time in a rotating order for ``--rounds`` rounds. Printed per model: median ms, the spread
+(min-max of the per-round medians), the ratio to our PyTorch forward and to upstream's, the file size and the export
+time.
 
 Our files run through our runner's ``Session`` (what ``rfdetr.deploy.load`` uses); upstream's files run in the same
 runtimes with the plainest calls (:data:`_WORKER`'s ``raw`` path), input fixed to the export shape. The PyTorch
 forwards are the full eval forward ``predict()`` runs; exported graphs are the single-group export forward.
+
+Random weights say nothing about accuracy. With ``--weights W --dataset D`` an accuracy block follows: W's float32
+PyTorch model and each of its exports to ``--formats`` (INT8 calibrated on D's train images) scored on D's
+``--split`` (COCO bbox and segm mAP50:95 and mAP50), with each file's drop in points against float32.
 """
 
 from __future__ import annotations
@@ -89,7 +97,10 @@ else:  # "raw": a file of upstream's, run with each runtime's plainest calls
             interp.set_tensor(detail["index"], data)
             interp.invoke()
     elif path.endswith(".pte"):
+        from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
+        if portable_lib._threadpool_get_thread_count() != threads:  # before loading, as our Session does
+            portable_lib._unsafe_reset_threadpool(threads)
         method = Runtime.get().load_program(path).load_method("forward")
         run = lambda: method.execute([x])
     else:
@@ -121,7 +132,8 @@ cfg = json.loads(sys.argv[1])
 model = getattr(rfdetr, cfg["upstream_name"])(pretrain_weights=None, resolution=cfg["resolution"])
 out = {}
 for ours, theirs in cfg["formats"].items():
-    extra = {"openvino_precision": "float32"} if theirs == "openvino" else {}
+    # rfdetr needs a backend for ExecuTorch; XNNPACK is the portable CPU one, as ours.
+    extra = {"openvino": {"openvino_precision": "float32"}, "executorch": {"backend": "xnnpack"}}.get(theirs, {})
     start = time.perf_counter()
     try:
         path = model.export(output_dir=f"{cfg['dir']}/{theirs}", format=theirs, verbose=False, **extra)
@@ -150,24 +162,74 @@ class Exported:
         return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
 
-def export_ours(size: str, resolution: int, formats: list[str], folder: Path) -> list[Exported]:
-    """Our model (random weights, seed 0) exported to each ``format`` or ``format-fp16``."""
+def split_variant(name: str) -> tuple[str, dict[str, bool]]:
+    """``"openvino-int8"`` -> ``("openvino", {"half": False, "int8": True})``."""
+    fmt = name.removesuffix("-fp16").removesuffix("-int8")
+    return fmt, {"half": name.endswith("-fp16"), "int8": name.endswith("-int8")}
+
+
+def export_all(model: object, formats: list[str], folder: Path, calibration: Path | None,
+               calibration_images: int) -> list[Exported]:
+    """``model`` exported to each ``format``, ``format-fp16`` or ``format-int8`` (INT8: calibrated on
+    ``calibration``)."""
+    out = []
+    for name in formats:
+        fmt, variant = split_variant(name)
+        extra = {"calibration": calibration, "calibration_images": calibration_images} if variant["int8"] else {}
+        start = time.perf_counter()
+        try:
+            path = model.export(folder / name, format=fmt, **variant, **extra)  # type: ignore[attr-defined]
+            out.append(Exported(f"ours {name}", path, time.perf_counter() - start))
+        except (ValueError, ImportError, RuntimeError) as err:
+            out.append(Exported(f"ours {name}", None, 0.0, f"{type(err).__name__}: {err}"))
+    return out
+
+
+def export_ours(size: str, resolution: int, formats: list[str], folder: Path, calibration: Path | None,
+                calibration_images: int) -> list[Exported]:
+    """Our model (random weights, seed 0) exported to each format variant (see :func:`export_all`)."""
     import torch
 
     from rfdetr.detr import model_class
 
     torch.manual_seed(0)
     model = model_class(size)(pretrain_weights=False, resolution=resolution, device="cpu")
-    out = []
-    for name in formats:
-        fmt, half = name.removesuffix("-fp16"), name.endswith("-fp16")
-        start = time.perf_counter()
-        try:
-            path = model.export(folder / name, format=fmt, half=half)
-            out.append(Exported(f"ours {name}", path, time.perf_counter() - start))
-        except (ValueError, ImportError, RuntimeError) as err:
-            out.append(Exported(f"ours {name}", None, 0.0, f"{type(err).__name__}: {err}"))
-    return out
+    return export_all(model, formats, folder, calibration, calibration_images)
+
+
+def synthetic_calibration(folder: Path, resolution: int, count: int) -> Path:
+    """A folder of ``count`` synthetic shapes images at ``resolution`` (the INT8 rows' calibration images)."""
+    from rfdetr.data.synthetic import SyntheticSpec, write_synthetic_dataset
+
+    spec = SyntheticSpec(splits=(("train", count), ("valid", 1)), width=resolution, height=resolution, seed=7)
+    return write_synthetic_dataset(folder, spec) / "train"
+
+
+def accuracy_block(weights: str, dataset: str, split: str, formats: list[str], folder: Path,
+                   calibration_images: int) -> str:
+    """COCO mAP of ``weights``' float32 model and of its exports on ``dataset``'s ``split`` (see the module doc)."""
+    from rfdetr.deploy import load
+    from rfdetr.deploy.evaluate import evaluate_predictor
+    from rfdetr.detr import load_model
+
+    model = load_model(weights, device="cpu")
+    rows = [("float32 torch", evaluate_predictor(model, dataset, split, progress=False), "")]
+    for e in export_all(model, formats, folder, Path(dataset), calibration_images):
+        rows.append((e.name, evaluate_predictor(load(e.path), dataset, split, progress=False) if e.path else None,
+                     e.error))
+    reference = rows[0][1]
+    types = [t for t in ("bbox", "segm") if t in reference]
+    head = "".join(f" {t + ' mAP':>9} {t + ' AP50':>9} {'drop':>6}" for t in types)
+    lines = [f"accuracy of {weights} on {dataset} {split} ({reference['images']} images; drop: mAP50:95 points "
+             "below float32):", f"  {'model':<24}{head}"]
+    for name, result, error in rows:
+        if result is None:
+            lines.append(f"  {name:<24} not scored: {error}")
+            continue
+        cells = "".join(f" {result[t]['mAP']:9.3f} {result[t]['mAP50']:9.3f} "
+                        f"{100 * (reference[t]['mAP'] - result[t]['mAP']):6.2f}" for t in types)
+        lines.append(f"  {name:<24}{cells}")
+    return "\n".join(lines)
 
 
 def export_upstream(python: str, size: str, resolution: int, formats: list[str], folder: Path) -> list[Exported]:
@@ -210,9 +272,11 @@ def report(size: str, resolution: int, workers: list[Worker], files: dict[str, E
 
 
 def available_formats() -> list[str]:
-    """Every registered format whose packages are installed, with its float16 variant where offered."""
+    """Every registered format whose packages are installed, with its float16 and INT8 variants where offered."""
+    from rfdetr.deploy.exporter import int8_formats
     from rfdetr.deploy.formats import FORMATS
 
+    int8 = int8_formats()
     out = []
     for name, fmt in FORMATS.items():
         if fmt.missing():
@@ -220,6 +284,8 @@ def available_formats() -> list[str]:
         out.append(name)
         if name in ("tflite", "openvino"):
             out.append(f"{name}-fp16")
+        if name in int8:
+            out.append(f"{name}-int8")
     return out
 
 
@@ -235,12 +301,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--upstream-python", "--upstream_python", dest="upstream_python", default=None,
                         help="python of a venv with rfdetr==1.11.2 (and the runtimes), timed in the same run")
     parser.add_argument("--keep", default=None, help="folder to keep the exported files in (default: a temp dir)")
+    parser.add_argument("--calibration", default=None,
+                        help="images for the INT8 rows' calibration (default: synthetic shapes at the resolution)")
+    parser.add_argument("--calibration_images", "--calibration-images", type=int, default=32)
+    parser.add_argument("--weights", default=None, help="a trained checkpoint: adds the accuracy block")
+    parser.add_argument("--dataset", default=None, help="COCO dataset the accuracy block scores on")
+    parser.add_argument("--split", default="valid")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     if args.upstream_python and not Path(args.upstream_python).exists():
         print(f"--upstream-python {args.upstream_python} does not exist", file=sys.stderr)
+        return 2
+    if bool(args.weights) != bool(args.dataset):
+        print("--weights and --dataset go together (the accuracy block scores the weights on the dataset)",
+              file=sys.stderr)
         return 2
     import torch
 
@@ -255,9 +331,12 @@ def main(args: argparse.Namespace) -> int:
             res = get_preset(size).resolution
             base = {"size": size, "resolution": res, "threads": args.threads, "warmup": args.warmup,
                     "upstream_name": get_preset(size).upstream_name}
-            exported = export_ours(size, res, formats, root / size / "ours")
+            calibration = Path(args.calibration) if args.calibration else None
+            if calibration is None and any(f.endswith("-int8") for f in formats):
+                calibration = synthetic_calibration(root / size / "calibration", res, args.calibration_images)
+            exported = export_ours(size, res, formats, root / size / "ours", calibration, args.calibration_images)
             if args.upstream_python:
-                plain = sorted({f.removesuffix("-fp16") for f in formats})
+                plain = sorted({split_variant(f)[0] for f in formats})
                 exported += export_upstream(args.upstream_python, size, res, plain, root / size / "upstream")
             ours = Worker("ours torch", sys.executable, {**base, "impl": "torch"}, str(REPO), _WORKER)
             workers = [ours]
@@ -275,6 +354,9 @@ def main(args: argparse.Namespace) -> int:
             failed = [e for e in exported if e.path is None]
             failed += [Exported(name, None, 0.0, f"runtime failed: {err}") for name, err in not_started.items()]
             print(report(size, res, workers, files, ours, upstream, failed), flush=True)
+        if args.weights:
+            print(accuracy_block(args.weights, args.dataset, args.split, formats, root / "accuracy",
+                                 args.calibration_images), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
