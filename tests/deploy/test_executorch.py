@@ -22,7 +22,7 @@ from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rfdetr.data.image_io import read_rgb  # noqa: E402
 from rfdetr.deploy import load  # noqa: E402
 from rfdetr.deploy.metadata import sidecar_path  # noqa: E402
-from rfdetr.detr import RFDETR, load_model  # noqa: E402
+from rfdetr.detr import RFDETR  # noqa: E402
 from rfdetr.models.segmenter import Segmenter  # noqa: E402
 from tests.deploy.models import (  # noqa: E402
     NAMES,
@@ -30,26 +30,9 @@ from tests.deploy.models import (  # noqa: E402
     assert_outputs_match,
     assert_same_detections,
     image,
-    tiny_detector,
-    tiny_segmenter,
 )
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def detector() -> RFDETR:
-    return tiny_detector()
-
-
-@pytest.fixture(scope="module")
-def segmenter() -> RFDETR:
-    return tiny_segmenter()
-
-
-@pytest.fixture(scope="module")
-def stage2(tiny_stage2_checkpoint: Path) -> RFDETR:
-    return load_model(tiny_stage2_checkpoint, "tiny", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -26,21 +26,9 @@ from tests.deploy.models import (  # noqa: E402
     assert_outputs_match,
     assert_same_detections,
     image,
-    tiny_detector,
-    tiny_segmenter,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def detector() -> RFDETR:
-    return tiny_detector()
-
-
-@pytest.fixture(scope="module")
-def segmenter() -> RFDETR:
-    return tiny_segmenter()
 
 
 def _assert_graph_portable(path: Path) -> None:

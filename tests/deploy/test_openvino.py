@@ -15,7 +15,7 @@ from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rfdetr.data.image_io import read_rgb  # noqa: E402
 from rfdetr.deploy import load  # noqa: E402
 from rfdetr.deploy.formats.openvino import read_metadata  # noqa: E402
-from rfdetr.detr import RFDETR, load_model  # noqa: E402
+from rfdetr.detr import RFDETR  # noqa: E402
 from rfdetr.models.segmenter import Segmenter  # noqa: E402
 from tests.deploy.models import (  # noqa: E402
     NAMES,
@@ -24,8 +24,6 @@ from tests.deploy.models import (  # noqa: E402
     assert_outputs_match,
     assert_same_detections,
     image,
-    tiny_detector,
-    tiny_segmenter,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,21 +37,6 @@ FLOAT16 = Tolerance(boxes=2e-4, logits=1e-2, masks=1e-1)
 FLOAT16_SCORE_ATOL = 2.5e-3
 # Boxes are normalised cxcywh scaled to pixels: 2e-4 of the 90 px test image is 0.018 px.
 FLOAT16_BOX_ATOL = 0.02
-
-
-@pytest.fixture(scope="module")
-def detector() -> RFDETR:
-    return tiny_detector()
-
-
-@pytest.fixture(scope="module")
-def segmenter() -> RFDETR:
-    return tiny_segmenter()
-
-
-@pytest.fixture(scope="module")
-def stage2(tiny_stage2_checkpoint: Path) -> RFDETR:
-    return load_model(tiny_stage2_checkpoint, "tiny", device="cpu")
 
 
 @pytest.fixture(scope="module")
