@@ -9,6 +9,13 @@ format module has the same two parts:
   (string keys and values: class names, resolution, mean, std ...) in the file or in a JSON beside it;
 * ``Session(path, threads=None)``: the file in its own runtime, with ``input_shape`` ([B or None, 3, R, R]),
   ``output_names``, ``metadata`` (the raw strings) and ``run(pixels) -> list[np.ndarray]`` (boxes, logits[, masks]).
+
+A format with full-integer INT8 has one of:
+
+* ``quantize(float_path, path, calibration, metadata, *, batch, exclude)``: quantize the float32 file ``export``
+  wrote (onnx, openvino);
+* ``quantize_module(module, path, example, calibration, metadata, *, batch, exclude, io)``: quantize the PyTorch
+  module itself (tflite, PT2E), with ``io`` one of :data:`INT8_IO` when the format lists it in ``INTEGER_IO``.
 """
 
 from __future__ import annotations
@@ -21,8 +28,15 @@ from pathlib import Path
 from types import ModuleType
 
 __all__ = [
-    "EXPORT_FORMATS", "FORMATS", "ExportFormat", "MissingPackageError", "format_for_file", "get_format", "load_format",
+    "DEFAULT_INT8_IO", "EXPORT_FORMATS", "FORMATS", "INT8_IO", "ExportFormat",
+    "MissingPackageError", "format_for_file", "get_format", "load_format",
 ]
+
+
+# Types of an INT8 file's input and outputs: float32 (quantized inside the file), or integers for accelerators that
+# take nothing else (NPUs); the runner converts, so predict() is the same for all three.
+INT8_IO: tuple[str, ...] = ("float", "int8", "uint8")
+DEFAULT_INT8_IO = "float"
 
 
 class MissingPackageError(ImportError):
