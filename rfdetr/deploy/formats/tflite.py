@@ -43,8 +43,8 @@ from torch import nn
 from rfdetr.deploy.graph import ExportForward
 from rfdetr.deploy.metadata import decode_metadata
 
-__all__ = ["FLOAT_MODULES", "INPUT_NAME", "INT8_OPS", "INTEGER_IO", "METADATA_NAME", "OUTPUT_NAMES", "Session", "embed_metadata",
-           "export", "quantize_module", "read_metadata"]
+__all__ = ["FLOAT_MODULES", "INPUT_NAME", "INT8_OPS", "INTEGER_IO", "METADATA_NAME", "OUTPUT_NAMES", "Session",
+           "embed_metadata", "export", "quantize_module", "quantized_graph", "read_metadata"]
 
 logger = logging.getLogger(__name__)
 
