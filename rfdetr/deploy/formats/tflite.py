@@ -21,6 +21,13 @@ resolution, :func:`rfdetr.deploy.graph.bake_position_embeddings`).
 ``half=True`` stores the weights as float16 (ai-edge-quantizer's float casting, with explicit dequantize ops), so the
 file is half the size; activations and arithmetic stay float32.
 
+``int8=True`` (:func:`quantize_module`) is static full-integer INT8 by PT2E on the PyTorch graph, not on a float file
+(ai-edge-quantizer 0.10's static recipes on our converted file gave files LiteRT refuses): int8 per-channel weights
+and int8 per-tensor activations calibrated on the user's images for the FULLY_CONNECTED / CONV_2D ops, the two-stage
+proposal heads and the projector kept float (:data:`FLOAT_MODULES`). ``io="int8" | "uint8"`` gives the file
+integer input and outputs (scale and zero point in each tensor's quantization parameters) for accelerators that take
+nothing else; :class:`Session` quantizes the float input and dequantizes the outputs, so ``predict()`` is unchanged.
+
 ``litert-torch`` and ``ai-edge-litert`` are optional dependencies (``pip install litert-torch ai-edge-litert``);
 they are imported only when exporting or running a file.
 """
