@@ -65,7 +65,7 @@ METADATA_NAME = "rfdetr_export"
 FILE_IDENTIFIER = b"TFL3"
 # Input / output types an INT8 file can have (quantize_module's ``io``).
 INTEGER_IO: tuple[str, ...] = ("float", "int8", "uint8")
-INSTALL_HINT = "pip install litert-torch==0.10.0 ai-edge-litert==2.3.0"
+INSTALL_HINT = "pip install litert-torch==0.10.0 ai-edge-litert==2.3.0 torchao==0.18.0"
 
 
 class _NamedIO(nn.Module):
