@@ -38,6 +38,7 @@ from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFI
 from rfdetr.data.coco_classes import COCO_CLASSES
 from rfdetr.deploy.detections import Detections
 from rfdetr.deploy.exporter import add_accuracy, export_model, onnx_options
+from rfdetr.deploy.formats import DEFAULT_INT8_IO
 from rfdetr.deploy.metadata import export_metadata
 from rfdetr.deploy.optimize import ENGINES, cached_engine, default_cache_dir, pick_engine, trace_torch
 from rfdetr.deploy.processing import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
@@ -335,6 +336,7 @@ class RFDETR:
         dataset: str | os.PathLike[str] | None = None,
         split: str = "valid",
         max_map_drop: float | None = None,
+        int8_io: str = DEFAULT_INT8_IO,
     ) -> Path:
         """Export the model for deployment, in any format of :data:`rfdetr.deploy.formats.FORMATS`.
 
@@ -361,6 +363,8 @@ class RFDETR:
             split: the dataset split scored.
             max_map_drop: with ``dataset``, refuse a file that loses more mAP50:95 points: it is deleted, its
                 report kept, and ValueError raised.
+            int8_io: with ``int8``, the type of the file's input and outputs: ``float`` (float32), ``int8`` or
+                ``uint8`` (integer I/O for NPUs; tflite only; :func:`rfdetr.deploy.load` converts either way).
 
         A report (format, precision, size, latency, max output differences against this model) is written beside
         the file as ``<file>.report.json`` (:mod:`rfdetr.deploy.report`).
@@ -379,8 +383,9 @@ class RFDETR:
         if max_map_drop is not None and dataset is None:
             raise ValueError("max_map_drop needs a dataset to measure the drop on (dataset=DIR, --dataset DIR)")
         path = export_model(self.model, output_dir, format, self.resolution, metadata, batch_size=batch_size,
-                            half=half, int8=int8, calibration=calibration, calibration_images=calibration_images,
-                            with_masks=self.masks, file_name=file_name, **options)
+                            half=half, int8=int8, int8_io=int8_io, calibration=calibration,
+                            calibration_images=calibration_images, with_masks=self.masks, file_name=file_name,
+                            **options)
         if dataset is not None:
             add_accuracy(path, self, dataset, split, max_map_drop)
         return path

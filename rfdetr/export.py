@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
-from rfdetr.deploy.formats import EXPORT_FORMATS, get_format
+from rfdetr.deploy.formats import DEFAULT_INT8_IO, EXPORT_FORMATS, INT8_IO, get_format
 from rfdetr.deploy.formats.onnx import MAX_OPSET, MIN_OPSET
 from rfdetr.util.cli import run_command
 
@@ -32,6 +32,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="onnx", help=f"export format: {', '.join(EXPORT_FORMATS)}")
     parser.add_argument("--half", action="store_true", help="float16 weights (tflite, openvino)")
     parser.add_argument("--int8", action="store_true", help="full-integer INT8, calibrated on --calibration images")
+    parser.add_argument("--int8_io", "--int8-io", choices=INT8_IO, default=DEFAULT_INT8_IO,
+                        help="with --int8: type of the file's input and outputs (integers for NPUs; tflite)")
     parser.add_argument("--calibration", default=None, help="dataset folder or folder of images for INT8 calibration")
     parser.add_argument("--calibration_images", "--calibration-images", type=int, default=64,
                         help="calibration images used")
@@ -77,6 +79,7 @@ def run_export(args: argparse.Namespace) -> Path:
         format=args.format,
         half=args.half,
         int8=args.int8,
+        int8_io=args.int8_io,
         calibration=args.calibration,
         calibration_images=args.calibration_images,
         dataset=args.dataset,

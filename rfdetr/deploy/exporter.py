@@ -14,12 +14,12 @@ from torch import nn
 
 from rfdetr.deploy.calibration import calibration_arrays, calibration_files
 from rfdetr.deploy.evaluate import evaluate_predictor
-from rfdetr.deploy.formats import get_format, load_format
+from rfdetr.deploy.formats import DEFAULT_INT8_IO, INT8_IO, get_format, load_format
 from rfdetr.deploy.graph import prepare_export
 from rfdetr.deploy.report import build_report, format_report, load_report, remove_export, write_report
 from rfdetr.deploy.runner import ExportedModel
 
-__all__ = ["add_accuracy", "default_file_name", "export_model", "int8_formats", "onnx_options"]
+__all__ = ["add_accuracy", "default_file_name", "export_model", "int8_formats", "integer_io_formats", "onnx_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def export_model(
     batch_size: int = 1,
     half: bool = False,
     int8: bool = False,
+    int8_io: str = DEFAULT_INT8_IO,
     calibration: str | os.PathLike[str] | None = None,
     calibration_images: int = 64,
     with_masks: bool = True,
@@ -73,6 +74,8 @@ def export_model(
         batch_size: static batch size of the file.
         half: float16 weights (where the format offers them).
         int8: full-integer INT8 (weights and activations), calibrated on ``calibration``.
+        int8_io: type of an INT8 file's input and outputs, one of :data:`rfdetr.deploy.formats.INT8_IO`; integer
+            types only for formats that offer them (tflite).
         calibration: a dataset folder or a folder of images, preprocessed as ``predict()`` does; needed with
             ``int8``, and without it the report compares outputs on one random input.
         calibration_images: how many calibration images to use.
@@ -86,7 +89,8 @@ def export_model(
 
     Raises:
         ValueError: unknown format, bad option, batch size or resolution; ``int8`` without calibration images or for
-            a format that does not offer it; an empty or unreadable calibration folder.
+            a format that does not offer it; integer I/O without int8 or for a format without it; an empty or
+            unreadable calibration folder.
         ImportError: the format's packages are missing (the message gives the pip command).
     """
     fmt = get_format(format)
@@ -97,8 +101,13 @@ def export_model(
         raise ValueError("int8 needs calibration images: pass calibration=DIR (--calibration DIR), a dataset folder "
                          "or a folder of the images the model will see")
     module_ = load_format(fmt)
-    if int8 and not hasattr(module_, "quantize"):
+    if int8 and not _has_int8(module_):
         raise ValueError(f"int8 is not offered for {format}; formats with int8: {', '.join(int8_formats())}")
+    if int8_io not in INT8_IO:
+        raise ValueError(f"int8_io must be one of {', '.join(INT8_IO)}, got {int8_io!r}")
+    if int8_io != DEFAULT_INT8_IO and not (int8 and int8_io in getattr(module_, "INTEGER_IO", ())):
+        raise ValueError(f"int8_io={int8_io!r} (integer input and outputs) needs int8=True and a format that offers "
+                         f"it: {', '.join(integer_io_formats())}")
     precision = "int8" if int8 else "float16" if half else "float32"
     name = file_name or default_file_name(format, half, int8)
     if not name.endswith(fmt.suffix):
@@ -112,7 +121,11 @@ def export_model(
     path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if int8:
+    if int8 and hasattr(module_, "quantize_module"):
+        assert arrays is not None
+        # Quantized from the PyTorch graph (PT2E): no float file in between.
+        module_.quantize_module(module, path, example, arrays, entries, batch=batch_size, io=int8_io)
+    elif int8:
         assert arrays is not None
         # The float32 file is the quantizer's input; it is written beside the result under a hidden name and removed.
         float_path = path.with_name(f".{path.stem}.float32.{os.getpid()}{fmt.suffix}")
@@ -130,11 +143,23 @@ def export_model(
     return path
 
 
+def _has_int8(module: Any) -> bool:
+    return hasattr(module, "quantize") or hasattr(module, "quantize_module")
+
+
 def int8_formats() -> list[str]:
-    """The formats whose module offers full-integer INT8 (``quantize``)."""
+    """The formats whose module offers full-integer INT8 (``quantize`` of the float file or ``quantize_module`` of
+    the PyTorch graph)."""
     from rfdetr.deploy.formats import FORMATS
 
-    return [name for name, fmt in FORMATS.items() if hasattr(load_format(fmt), "quantize")]
+    return [name for name, fmt in FORMATS.items() if _has_int8(load_format(fmt))]
+
+
+def integer_io_formats() -> list[str]:
+    """The formats whose INT8 files can have int8 / uint8 input and outputs (``int8_io``)."""
+    from rfdetr.deploy.formats import FORMATS
+
+    return [name for name, fmt in FORMATS.items() if set(getattr(load_format(fmt), "INTEGER_IO", ())) - {"float"}]
 
 
 def add_accuracy(path: str | os.PathLike[str], reference: Any, dataset: str | os.PathLike[str], split: str = "valid",

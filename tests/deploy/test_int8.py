@@ -23,7 +23,8 @@ from tests.deploy.models import assert_same_detections, image, tiny_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Every format whose module offers full-integer INT8 (onnx; openvino and tflite when their quantize lands).
+# Every format whose module offers full-integer INT8 (onnx, openvino: quantize the float file; tflite: PT2E of the
+# PyTorch graph).
 INT8_FORMATS = int8_formats()
 
 
@@ -35,8 +36,11 @@ def _test_images(dataset: Path) -> list[np.ndarray]:
 
 
 # How far an INT8 file's score may move from float32, per format. Measured on the demo model's 16 test images: ONNX
-# (onnxruntime QDQ, u8 activations) within 0.15; OpenVINO (NNCF, MIXED preset) up to 0.19.
-SCORE_TOLERANCE = {"onnx": 0.15, "openvino": 0.25}
+# (onnxruntime QDQ, u8 activations) within 0.15; OpenVINO (NNCF, MIXED preset) up to 0.19; TFLite (PT2E, int8
+# activations, proposal heads and projector float, XNNPACK) up to 0.013, 0.005 at the median. 0.05 leaves room for
+# another calibration draw and still fails the 0.39 of the file with only the proposal heads float (one image whose
+# near-tied proposals XNNPACK's rounding swaps; rfdetr.deploy.formats.tflite.FLOAT_MODULES).
+SCORE_TOLERANCE = {"onnx": 0.15, "openvino": 0.25, "tflite": 0.05}
 
 
 def assert_same_top_detections(float_model: RFDETR, int8_model: object, images: list[np.ndarray],

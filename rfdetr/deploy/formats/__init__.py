@@ -9,6 +9,13 @@ format module has the same two parts:
   (string keys and values: class names, resolution, mean, std ...) in the file or in a JSON beside it;
 * ``Session(path, threads=None)``: the file in its own runtime, with ``input_shape`` ([B or None, 3, R, R]),
   ``output_names``, ``metadata`` (the raw strings) and ``run(pixels) -> list[np.ndarray]`` (boxes, logits[, masks]).
+
+A format with full-integer INT8 has one of:
+
+* ``quantize(float_path, path, calibration, metadata, *, batch, exclude)``: quantize the float32 file ``export``
+  wrote (onnx, openvino);
+* ``quantize_module(module, path, example, calibration, metadata, *, batch, exclude, io)``: quantize the PyTorch
+  module itself (tflite, PT2E), with ``io`` one of :data:`INT8_IO` when the format lists it in ``INTEGER_IO``.
 """
 
 from __future__ import annotations
@@ -21,8 +28,15 @@ from pathlib import Path
 from types import ModuleType
 
 __all__ = [
-    "EXPORT_FORMATS", "FORMATS", "ExportFormat", "MissingPackageError", "format_for_file", "get_format", "load_format",
+    "DEFAULT_INT8_IO", "EXPORT_FORMATS", "FORMATS", "INT8_IO", "ExportFormat",
+    "MissingPackageError", "format_for_file", "get_format", "load_format",
 ]
+
+
+# Types of an INT8 file's input and outputs: float32 (quantized inside the file), or integers for accelerators that
+# take nothing else (NPUs); the runner converts, so predict() is the same for all three.
+INT8_IO: tuple[str, ...] = ("float", "int8", "uint8")
+DEFAULT_INT8_IO = "float"
 
 
 class MissingPackageError(ImportError):
@@ -78,8 +92,8 @@ FORMATS: dict[str, ExportFormat] = {
         ExportFormat("onnx", "rfdetr.deploy.formats.onnx", ".onnx", ("onnx", "onnxruntime"), ("onnxruntime",),
                      ("onnx==1.23.2", "onnxruntime==1.32.0"), "onnx", "ONNX, run with onnxruntime"),
         ExportFormat("tflite", "rfdetr.deploy.formats.tflite", ".tflite", ("ai_edge_litert", "litert_torch"),
-                     ("ai_edge_litert",), ("litert-torch==0.10.0", "ai-edge-litert==2.3.0"), "tflite",
-                     "TFLite (LiteRT flatbuffer), run with ai-edge-litert"),
+                     ("ai_edge_litert",), ("litert-torch==0.10.0", "ai-edge-litert==2.3.0", "torchao==0.18.0"),
+                     "tflite", "TFLite (LiteRT flatbuffer), run with ai-edge-litert"),
         ExportFormat("openvino", "rfdetr.deploy.formats.openvino", ".xml", ("openvino",), ("openvino",),
                      ("openvino==2026.4.1",), "openvino", "OpenVINO IR (.xml + .bin), run with OpenVINO"),
         ExportFormat("executorch", "rfdetr.deploy.formats.executorch", ".pte", ("executorch",), ("executorch",),
