@@ -42,8 +42,6 @@ from tests.deploy.models import (  # noqa: E402
     assert_same_detections,
     image,
     perturb,
-    tiny_detector,
-    tiny_segmenter,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,16 +51,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # 1.2e-2 (logits and masks pass through every layer's rounded weights; mask logits are the largest values). Limits at
 # about 2-4x that: loose enough for other seeds, tight enough to catch a wrong weight or a dropped op.
 FLOAT16 = Tolerance(boxes=1e-4, logits=5e-3, masks=2e-2)
-
-
-@pytest.fixture(scope="module")
-def detector() -> RFDETR:
-    return tiny_detector()
-
-
-@pytest.fixture(scope="module")
-def segmenter() -> RFDETR:
-    return tiny_segmenter()
 
 
 @pytest.fixture(scope="module")
