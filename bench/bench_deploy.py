@@ -83,7 +83,10 @@ else:  # "raw": a file of upstream's, run with each runtime's plainest calls
         model = core.read_model(path)
         if model.inputs[0].get_partial_shape().is_dynamic:
             model.reshape({model.inputs[0]: [1, 3, res, res]})
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        config = {"INFERENCE_NUM_THREADS": threads}
+        if cfg.get("precision"):  # else the CPU plugin's default: bf16 on CPUs with AMX / AVX512-BF16
+            config["INFERENCE_PRECISION_HINT"] = cfg["precision"]
+        compiled = core.compile_model(model, "CPU", config)
         request = compiled.create_infer_request()
         pixels = x.numpy()
         run = lambda: request.infer([pixels])
@@ -271,6 +274,15 @@ def report(size: str, resolution: int, workers: list[Worker], files: dict[str, E
     return "\n".join(lines)
 
 
+def openvino_default_precision() -> str | None:
+    """The OpenVINO CPU plugin's default inference precision on this machine (None without openvino)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+
+
 def available_formats() -> list[str]:
     """Every registered format whose packages are installed, with its float16 and INT8 variants where offered."""
     from rfdetr.deploy.exporter import int8_formats
@@ -346,10 +358,18 @@ def main(args: argparse.Namespace) -> int:
                                   _WORKER)
                 workers.append(upstream)
             files = {e.name: e for e in exported if e.path is not None}
+            default = openvino_default_precision()
             for e in files.values():
                 impl = "ours" if e.name.startswith("ours") else "raw"
                 workers.append(Worker(e.name, sys.executable, {**base, "impl": impl, "path": str(e.path)},
                                       str(REPO), _WORKER))
+                # Our Session pins OpenVINO's f32 precision; the plugin's own default (bf16 on AMX / AVX512-BF16
+                # CPUs) is what rfdetr's file gets unless told otherwise. Time both files both ways.
+                if e.name in ("ours openvino", "upstream openvino") and default not in (None, "f32"):
+                    other = {"ours openvino": (f"ours openvino ({default})", ""),
+                             "upstream openvino": ("upstream openvino (f32)", "f32")}[e.name]
+                    workers.append(Worker(other[0], sys.executable, {**base, "impl": "raw", "path": str(e.path),
+                                                                     "precision": other[1]}, str(REPO), _WORKER))
             not_started = measure(workers, args.rounds, args.iters, tolerant=True)
             failed = [e for e in exported if e.path is None]
             failed += [Exported(name, None, 0.0, f"runtime failed: {err}") for name, err in not_started.items()]
