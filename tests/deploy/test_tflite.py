@@ -172,7 +172,7 @@ def test_int8_export_has_int8_weights_and_activations(detector: RFDETR, detector
     assert int8_file.stat().st_size < 0.6 * detector_file.stat().st_size
     products = _products(int8_file)
     integer = [p for p in products if p[0][:2] == [np.int8, np.int8] and p[1] == [np.int8]]
-    # Every product but the proposal heads and the projector (kept float: tflite.FLOAT_MODULES) is int8 in and out,
+    # Every product but the proposal heads and the projector (kept float: tflite_int8.FLOAT_MODULES) is int8 in and out,
     # with per-output-channel weight scales and an int32 bias (41 of the tiny detector's 54); before the matmul ->
     # linear rewrite the ViT's and the decoder FFN's 20 products stayed float too.
     assert len(integer) >= 0.7 * len(products) and len(products) >= 40
