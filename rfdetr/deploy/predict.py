@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ from rfdetr.data.image_io import read_rgb
 from rfdetr.deploy.detections import Detections
 from rfdetr.deploy.timing import StageTimer
 from rfdetr.deploy.visualize import render_detections
-from rfdetr.util.run_dir import write_json_atomic
+from rfdetr.util.run_dir import write_bytes_atomic, write_json_atomic
 
 __all__ = ["IMAGE_SUFFIXES", "PredictSummary", "collect_images", "detections_to_coco", "predict_images"]
 
@@ -123,17 +122,6 @@ def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1)
     return entries
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _picture_path(output: Path, source: Path, used: set[str]) -> Path:
     """``output/<stem>.png|jpg``, with ``_1``, ``_2`` ... appended when two sources share a stem."""
     suffix = ".png" if source.suffix.lower() == ".png" else ".jpg"
@@ -185,7 +173,7 @@ def predict_images(
         )
         if not ok:
             raise RuntimeError(f"OpenCV could not encode the picture of {path} as {picture.suffix}")
-        _write_bytes_atomic(picture, encoded.tobytes())
+        write_bytes_atomic(picture, encoded.tobytes())
         summary.pictures.append(picture)
         height, width = image.shape[:2]
         images.append({"id": image_id, "file_name": path.name, "width": width, "height": height, "path": str(path)})

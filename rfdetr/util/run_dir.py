@@ -81,6 +81,20 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     return path
 
 
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` via a temporary file beside ``path`` and ``os.replace``: ``path`` is whole or absent."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_config(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> Path:
     """Write the resolved configuration to ``run_dir/config.json``; call it right after :func:`create_run_dir`.
 

@@ -39,7 +39,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,11 @@ from torch import nn
 
 from rfdetr.deploy.graph import ExportForward
 from rfdetr.deploy.metadata import decode_metadata
+from rfdetr.util.run_dir import write_bytes_atomic
 
+# quantize_module is a lazy attribute (module __getattr__, at the end).
 __all__ = ["INPUT_NAME", "INTEGER_IO", "METADATA_NAME", "OUTPUT_NAMES", "Session", "embed_metadata", "export",
-           "quantize_module", "read_metadata"]
+           "read_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,35 +146,12 @@ def export(
         content = _float16_weights(content)
     content = embed_metadata(content, metadata or {})
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, content)
     batch, _, height, width = example.shape
     logger.info("exported %s (%s, %s weights, input [%d, 3, %d, %d] NCHW, %.1f MB)", path,
                 ", ".join(OUTPUT_NAMES[: 3 if module.with_masks else 2]), "float16" if half else "float32", batch,
                 height, width, len(content) / 1e6)
     return path
-
-
-def quantize_module(
-    module: ExportForward,
-    path: str | os.PathLike[str],
-    example: torch.Tensor,
-    calibration: Sequence[np.ndarray],
-    metadata: Mapping[str, str] | None = None,
-    *,
-    batch: int = 1,
-    exclude: Sequence[str] | None = None,
-    io: str = "float",
-) -> Path:
-    """Static full-integer INT8 ``.tflite`` of ``module``: see :func:`rfdetr.deploy.formats.tflite_int8.quantize_module`
-    (same arguments)."""
-    from rfdetr.deploy.formats.tflite_int8 import quantize_module as quantize
-
-    return quantize(module, path, example, calibration, metadata, batch=batch, exclude=exclude, io=io)
 
 
 def _float16_weights(content: bytes) -> bytes:
@@ -331,3 +310,13 @@ class Session:
                 value = ((value.astype(np.float32) - zero) * scale).astype(np.float32)
             result.append(value)
         return result
+
+
+def __getattr__(name: str) -> Any:
+    """``quantize_module`` (the format's INT8 entry point, :func:`rfdetr.deploy.formats.tflite_int8.quantize_module`)
+    is imported on first use, so exporting float files never imports the quantization stack."""
+    if name == "quantize_module":
+        from rfdetr.deploy.formats.tflite_int8 import quantize_module
+
+        return quantize_module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

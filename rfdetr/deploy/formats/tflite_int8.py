@@ -31,6 +31,7 @@ from rfdetr.deploy.formats.tflite import (
     embed_metadata,
 )
 from rfdetr.deploy.graph import ExportForward
+from rfdetr.util.run_dir import write_bytes_atomic
 
 __all__ = ["FLOAT_MODULES", "INT8_OPS", "quantize_module", "quantized_graph"]
 
@@ -275,12 +276,7 @@ def quantize_module(
         content = bytes(edge.model_content())
     content = _set_io_type(content, io, ranges)
     content = embed_metadata(content, metadata or {})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, content)
     logger.info("quantized %s to INT8 on %d calibration images (%s; %s I/O; kept float: %s; %.1f MB)", path,
                 len(calibration), ", ".join(INT8_OPS), io, ", ".join(exclude) or "nothing", len(content) / 1e6)
     return path
