@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rfdetr.deploy.formats import INT8_IO
 from rfdetr.deploy.graph import ExportForward
 from rfdetr.deploy.metadata import decode_metadata
 from rfdetr.util.run_dir import write_bytes_atomic
@@ -65,8 +66,8 @@ SIGNATURE = "serving_default"
 METADATA_NAME = "rfdetr_export"
 # Every TFLite flatbuffer carries this identifier at bytes 4..8.
 FILE_IDENTIFIER = b"TFL3"
-# Input / output types an INT8 file can have (quantize_module's ``io``).
-INTEGER_IO: tuple[str, ...] = ("float", "int8", "uint8")
+# Input / output types an INT8 file can have (quantize_module's ``io``): every one of the registry's.
+INTEGER_IO: tuple[str, ...] = INT8_IO
 INSTALL_HINT = "pip install litert-torch==0.10.0 ai-edge-litert==2.3.0 torchao==0.18.0"
 
 
