@@ -20,8 +20,9 @@ runtimes with the plainest calls (:data:`_WORKER`'s ``raw`` path), input fixed t
 forwards are the full eval forward ``predict()`` runs; exported graphs are the single-group export forward.
 
 Random weights say nothing about accuracy. With ``--weights W --dataset D`` an accuracy block follows: W's float32
-PyTorch model and each of its exports to ``--formats`` (INT8 calibrated on D's train images) scored on D's
-``--split`` (COCO bbox and segm mAP50:95 and mAP50), with each file's drop in points against float32.
+PyTorch model and each of its exports to ``--formats`` (INT8 calibrated on ``--calibration`` if given, else on D's
+train images) scored on D's ``--split`` (COCO bbox and segm mAP50:95 and mAP50), with each file's drop in points
+against float32. ``--size`` with no preset skips the timing and prints only the accuracy block.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def synthetic_calibration(folder: Path, resolution: int, count: int) -> Path:
 
 
 def accuracy_block(weights: str, dataset: str, split: str, formats: list[str], folder: Path,
-                   calibration_images: int) -> str:
+                   calibration: Path | None, calibration_images: int) -> str:
     """COCO mAP of ``weights``' float32 model and of its exports on ``dataset``'s ``split`` (see the module doc)."""
     from rfdetr.deploy import load
     from rfdetr.deploy.evaluate import evaluate_predictor
@@ -217,7 +218,7 @@ def accuracy_block(weights: str, dataset: str, split: str, formats: list[str], f
 
     model = load_model(weights, device="cpu")
     rows = [("float32 torch", evaluate_predictor(model, dataset, split, progress=False), "")]
-    for e in export_all(model, formats, folder, Path(dataset), calibration_images):
+    for e in export_all(model, formats, folder, calibration or Path(dataset), calibration_images):
         rows.append((e.name, evaluate_predictor(load(e.path), dataset, split, progress=False) if e.path else None,
                      e.error))
     reference = rows[0][1]
@@ -303,7 +304,8 @@ def available_formats() -> list[str]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", nargs="+", default=list(DEFAULT_SIZES), help="presets to time")
+    parser.add_argument("--size", nargs="*", default=list(DEFAULT_SIZES),
+                        help="presets to time (none: only the accuracy block)")
     parser.add_argument("--formats", nargs="*", default=None,
                         help="e.g. onnx tflite tflite-fp16 openvino executorch (default: every installed one)")
     parser.add_argument("--threads", type=int, default=2)
@@ -375,7 +377,8 @@ def main(args: argparse.Namespace) -> int:
             failed += [Exported(name, None, 0.0, f"runtime failed: {err}") for name, err in not_started.items()]
             print(report(size, res, workers, files, ours, upstream, failed), flush=True)
         if args.weights:
-            print(accuracy_block(args.weights, args.dataset, args.split, formats, root / "accuracy",
+            calibration = Path(args.calibration) if args.calibration else None
+            print(accuracy_block(args.weights, args.dataset, args.split, formats, root / "accuracy", calibration,
                                  args.calibration_images), flush=True)
     finally:
         if not args.keep:

@@ -1,7 +1,7 @@
 """Video prediction frames per second: our loop (PyTorch, exported runtimes) next to rfdetr 1.11.2 + supervision.
 
     python bench/bench_video.py --upstream-python /work/upstream-venv/bin/python
-    python bench/bench_video.py --formats onnx --rounds 6 --iters 5
+    python bench/bench_video.py --formats onnx openvino openvino-int8 --rounds 6 --iters 5
 
 A synthetic 640x480 clip (moving shapes on a gradient, ``--frames`` frames) is written with OpenCV. Each model then
 runs the whole per-frame loop of a video prediction in its own long-lived worker process (:mod:`harness`): read the
@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_deploy import export_all, synthetic_calibration  # noqa: E402
 from harness import Worker, measure  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, FPS = 640, 480, 30.0
+CALIBRATION_IMAGES = 32
 
 _WORKER = r"""
 import json, resource, sys, time, warnings
@@ -157,19 +159,24 @@ def write_clip(path: Path, frames: int) -> Path:
 
 
 def export_ours(formats: list[str], folder: Path, resolution: int) -> tuple[dict[str, Path], dict[str, str]]:
-    """Our nano (random weights, seed 0) exported to each format: ({format: file}, {format: why it failed})."""
+    """Our nano (random weights, seed 0) exported to each format variant (``onnx``, ``openvino-int8``, ...: see
+    :func:`bench_deploy.export_all`; INT8 calibrated on 32 synthetic shapes images): ({variant: file}, {variant: why
+    it failed})."""
     import torch
 
     from rfdetr.detr import RFDETRNano
 
     torch.manual_seed(0)
     model = RFDETRNano(pretrain_weights=False, resolution=resolution, device="cpu")
+    calibration = None
+    if any(name.endswith("-int8") for name in formats):
+        calibration = synthetic_calibration(folder / "calibration", resolution, CALIBRATION_IMAGES)
     files, failed = {}, {}
-    for name in formats:
-        try:
-            files[name] = model.export(folder / name, format=name)
-        except (ValueError, ImportError, RuntimeError) as err:
-            failed[name] = f"{type(err).__name__}: {err}"
+    for name, e in zip(formats, export_all(model, formats, folder, calibration, CALIBRATION_IMAGES), strict=True):
+        if e.path is None:
+            failed[name] = e.error
+        else:
+            files[name] = e.path
     return files, failed
 
 
@@ -210,7 +217,8 @@ def report(workers: list[VideoWorker], upstream: VideoWorker | None) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--formats", nargs="*", default=None,
-                        help="exported formats to time besides PyTorch (default: every installed one)")
+                        help="exported formats to time besides PyTorch, with -fp16 / -int8 variants as in "
+                             "bench_deploy.py (default: every installed one, float32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frames", type=int, default=60, help="length of the synthetic clip (it loops)")
     parser.add_argument("--threshold", type=float, default=0.5)

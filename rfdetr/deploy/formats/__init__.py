@@ -95,7 +95,7 @@ FORMATS: dict[str, ExportFormat] = {
                      ("ai_edge_litert",), ("litert-torch==0.10.0", "ai-edge-litert==2.3.0", "torchao==0.18.0"),
                      "tflite", "TFLite (LiteRT flatbuffer), run with ai-edge-litert"),
         ExportFormat("openvino", "rfdetr.deploy.formats.openvino", ".xml", ("openvino",), ("openvino",),
-                     ("openvino==2026.4.1",), "openvino", "OpenVINO IR (.xml + .bin), run with OpenVINO"),
+                     ("openvino==2026.4.1", "nncf==3.4.0"), "openvino", "OpenVINO IR (.xml + .bin), run with OpenVINO"),
         ExportFormat("executorch", "rfdetr.deploy.formats.executorch", ".pte", ("executorch",), ("executorch",),
                      ("executorch==1.5.1",), "executorch", "ExecuTorch program with the XNNPACK delegate"),
     )

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rfdetr.deploy.formats import FORMATS
 from rfdetr.deploy.graph import ExportForward
 from rfdetr.deploy.metadata import read_sidecar, sidecar_path, write_sidecar
 
@@ -39,7 +40,8 @@ __all__ = ["OUTPUT_NAMES", "Session", "export"]
 logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES: tuple[str, str, str] = ("dets", "labels", "masks")
-INSTALL_HINT = "pip install executorch==1.5.1"
+# The pip command of the registry's pinned versions (one place for the pins).
+INSTALL_HINT = FORMATS["executorch"].install
 
 
 def export(

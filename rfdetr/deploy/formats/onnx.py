@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rfdetr.deploy.formats import FORMATS
 from rfdetr.deploy.graph import ExportForward, prepare_export
 from rfdetr.deploy.metadata import decode_metadata
 
@@ -58,7 +59,8 @@ OUTPUT_NAMES: tuple[str, str, str] = ("dets", "labels", "masks")
 MIN_OPSET = 16
 # Highest opset the TorchScript exporter of the supported torch versions emits.
 MAX_OPSET = 20
-INSTALL_HINT = "pip install onnx onnxruntime"
+# The pip command of the registry's pinned versions (one place for the pins).
+INSTALL_HINT = FORMATS["onnx"].install
 
 
 def require_onnx() -> Any:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rfdetr.deploy.formats import INT8_IO
+from rfdetr.deploy.formats import FORMATS, INT8_IO
 from rfdetr.deploy.graph import ExportForward
 from rfdetr.deploy.metadata import decode_metadata
 from rfdetr.util.run_dir import write_bytes_atomic
@@ -68,7 +68,8 @@ METADATA_NAME = "rfdetr_export"
 FILE_IDENTIFIER = b"TFL3"
 # Input / output types an INT8 file can have (quantize_module's ``io``): every one of the registry's.
 INTEGER_IO: tuple[str, ...] = INT8_IO
-INSTALL_HINT = "pip install litert-torch==0.10.0 ai-edge-litert==2.3.0 torchao==0.18.0"
+# The pip command of the registry's pinned versions (one place for the pins).
+INSTALL_HINT = FORMATS["tflite"].install
 
 
 class _NamedIO(nn.Module):
