@@ -340,12 +340,13 @@ def main(args: argparse.Namespace) -> int:
     print(f"torch {torch.__version__}, {args.threads} threads, formats {formats}, {args.rounds} rounds x "
           f"{args.iters} runs per worker, one process per model")
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_deploy_"))
+    given_calibration = Path(args.calibration) if args.calibration else None
     try:
         for size in args.size:
             res = get_preset(size).resolution
             base = {"size": size, "resolution": res, "threads": args.threads, "warmup": args.warmup,
                     "upstream_name": get_preset(size).upstream_name}
-            calibration = Path(args.calibration) if args.calibration else None
+            calibration = given_calibration
             if calibration is None and any(f.endswith("-int8") for f in formats):
                 calibration = synthetic_calibration(root / size / "calibration", res, args.calibration_images)
             exported = export_ours(size, res, formats, root / size / "ours", calibration, args.calibration_images)
@@ -377,9 +378,8 @@ def main(args: argparse.Namespace) -> int:
             failed += [Exported(name, None, 0.0, f"runtime failed: {err}") for name, err in not_started.items()]
             print(report(size, res, workers, files, ours, upstream, failed), flush=True)
         if args.weights:
-            calibration = Path(args.calibration) if args.calibration else None
-            print(accuracy_block(args.weights, args.dataset, args.split, formats, root / "accuracy", calibration,
-                                 args.calibration_images), flush=True)
+            print(accuracy_block(args.weights, args.dataset, args.split, formats, root / "accuracy",
+                                 given_calibration, args.calibration_images), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

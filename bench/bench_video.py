@@ -160,8 +160,8 @@ def write_clip(path: Path, frames: int) -> Path:
 
 def export_ours(formats: list[str], folder: Path, resolution: int) -> tuple[dict[str, Path], dict[str, str]]:
     """Our nano (random weights, seed 0) exported to each format variant (``onnx``, ``openvino-int8``, ...: see
-    :func:`bench_deploy.export_all`; INT8 calibrated on 32 synthetic shapes images): ({variant: file}, {variant: why
-    it failed})."""
+    :func:`bench_deploy.export_all`; INT8 calibrated on :data:`CALIBRATION_IMAGES` synthetic shapes images):
+    ({variant: file}, {variant: why it failed})."""
     import torch
 
     from rfdetr.detr import RFDETRNano
