@@ -20,6 +20,7 @@ from rfdetr.models.segmenter import Segmenter  # noqa: E402
 from tests.deploy.models import (  # noqa: E402
     NAMES,
     RESOLUTION,
+    DetectionTolerance,
     Tolerance,
     assert_outputs_match,
     assert_same_detections,
@@ -69,8 +70,7 @@ def test_detection_export_matches_pytorch(detector: RFDETR, tmp_path: Path) -> N
 
     exported = load(path, threads=1)
     assert exported.format.name == "openvino" and exported.class_names == NAMES and not exported.masks
-    diffs = assert_outputs_match(detector, exported)
-    assert diffs["pred_boxes"] <= 1e-5 and diffs["pred_logits"] <= 2e-5  # float32 weights: equal up to reordering
+    assert_outputs_match(detector, exported)  # float32 weights: the float32 error model's bounds (tests/tolerances.py)
     assert_same_detections(detector, exported, [image(), image(40, 64, 1), image(64, 48, 2)])
 
 
@@ -105,17 +105,12 @@ def test_half_weights_keep_the_top_detections(which: str, request: pytest.Fixtur
     _assert_same_top_detections(model, exported, [image(), image(40, 64, 1)])
 
 
-def _assert_same_top_detections(model: RFDETR, exported: object, images: list[np.ndarray], top_k: int = 10) -> None:
-    """:func:`assert_same_detections` at the float16 tolerances, classes compared in the top ``top_k`` only: below
-    them, proposals whose scores differ by less than the float16 error may trade places."""
-    for a, b in zip(model.predict(images, threshold=0.0), exported.predict(images, threshold=0.0),  # type: ignore
-                    strict=True):
-        np.testing.assert_allclose(b.confidence, a.confidence, atol=FLOAT16_SCORE_ATOL)
-        np.testing.assert_array_equal(b.class_id[:top_k], a.class_id[:top_k])
-        np.testing.assert_allclose(b.xyxy[:top_k], a.xyxy[:top_k], atol=FLOAT16_BOX_ATOL)
-        if a.mask is not None:
-            # Pixels whose mask logit is within the float16 error of 0 may flip.
-            assert (b.mask[:top_k] != a.mask[:top_k]).mean() < 1e-2
+def _assert_same_top_detections(model: RFDETR, exported: object, images: list[np.ndarray]) -> None:
+    """:func:`assert_same_detections` at the float16 bounds: scores within ``FLOAT16_SCORE_ATOL``, boxes within
+    ``FLOAT16_BOX_ATOL``, mask pixels equal where PyTorch's mask logit exceeds the float16 mask bound (pixels whose
+    logit is within the float16 error of 0 may flip)."""
+    tol = DetectionTolerance(score=FLOAT16_SCORE_ATOL, box=FLOAT16_BOX_ATOL, mask_logit=FLOAT16.masks)
+    assert_same_detections(model, exported, images, tol=tol)  # type: ignore[arg-type]
 
 
 def test_predict_on_strawberry_images(stage2: RFDETR, stage2_ir: Path, strawberry_dir: Path) -> None:
@@ -134,6 +129,9 @@ def test_optimize_for_inference_runs_the_ir(detector: RFDETR, tmp_path: Path) ->
         detector.remove_optimized_model()
     theirs = detector.predict(pictures, threshold=0.0)
     for a, b in zip(ours, theirs, strict=True):  # type: ignore[arg-type]
+        # The same IR through the same runtime as predict() with the engine: only the PyTorch side changed, so the
+        # float32 error model's score bound (4x a float32-vs-float64 logit error of 1.4e-6, / 4) is ~1.4e-6; 1e-5
+        # is that bound rounded up for the near-zero proposals of the slot-by-slot list.
         np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-5)
         np.testing.assert_array_equal(a.class_id[:10], b.class_id[:10])
 
