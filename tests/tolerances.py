@@ -130,11 +130,13 @@ class DetectionTolerance:
         return DetectionTolerance(self.score * factor, self.box * factor, self.mask_logit * factor)
 
 
-# INT8 files against float32, measured on the demo model (tiny + mask head, 160 px) over its 16 test images, for the
-# float detections scoring > 0.5. Scores: see tests/deploy/test_int8.py (per format, with the NNCF settings the bounds
-# must still reject). Mask logits (at image size, the INT8 file's matched detection against float32): OpenVINO up to
-# 3.9 on the Zen 4 host, where one detection's mask IoU is 0.71; pixels whose float mask logit is larger than that in
-# magnitude never flip there. 6.0 is 1.5x that; it is the level below which a pixel of the float mask is "not
-# confident" and left out of the INT8 mask comparison.
+# INT8 files against float32, measured on the demo model (tiny + mask head, 160 px, trained) over its 16 test
+# images, for the float detections scoring > 0.5. Scores: see tests/deploy/test_int8.py (per format, with the NNCF
+# settings the bounds must still reject). Mask logits (resized to the image, the INT8 file's matched detection
+# against float32): OpenVINO up to 2.92 on the Zen 4 host, where one detection's whole-mask IoU is 0.71-0.85 (its
+# float mask logits never exceed 4 in magnitude: the mask head is not sure of any pixel); pixels flip there only where
+# the float logit is within 2.21 of 0. 4.0 is ~1.4x the largest error: pixels whose float logit is larger in
+# magnitude are the ones the float model is sure of, and only they enter the INT8 mask IoU. A retrained mask head with
+# larger logits may have a larger INT8 error in logit units (the step is its calibrated range / 255): re-measure.
 INT8_SCORE_BOUND = {"onnx": 0.15, "openvino": 0.1, "tflite": 0.05}
-INT8_MASK_LOGIT_BOUND = 6.0
+INT8_MASK_LOGIT_BOUND = 4.0

@@ -18,8 +18,10 @@ from rfdetr.deploy import optimize as optimize_module
 from rfdetr.deploy.exporter import int8_formats
 from rfdetr.deploy.formats import FORMATS
 from rfdetr.deploy.report import load_report, report_path
+from rfdetr.deploy.runner import ExportedModel
 from rfdetr.detr import RFDETR, load_model
-from tests.deploy.models import assert_same_detections, image, tiny_detector
+from tests.deploy.models import assert_same_detections, export_outputs, image, pixels_of, ranked, tiny_detector
+from tests.tolerances import INT8_MASK_LOGIT_BOUND, INT8_SCORE_BOUND
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,33 +37,48 @@ def _test_images(dataset: Path) -> list[np.ndarray]:
     return [np.asarray(Image.open(p).convert("RGB")) for p in files]
 
 
-# How far an INT8 file's score may move from float32, per format. Measured on the demo model's 16 test images: ONNX
-# (onnxruntime QDQ, u8 activations) within 0.15; OpenVINO (NNCF, TRANSFORMER model type, MIXED preset) up to 0.030
-# (0.1 still fails NNCF's default model type, 0.225, and SmoothQuant, 0.46); TFLite (PT2E, int8
-# activations, proposal heads and projector float, XNNPACK) up to 0.013, 0.005 at the median. 0.05 leaves room for
-# another calibration draw and still fails the 0.39 of the file with only the proposal heads float (one image whose
-# near-tied proposals XNNPACK's rounding swaps; rfdetr.deploy.formats.tflite_int8.FLOAT_MODULES).
-SCORE_TOLERANCE = {"onnx": 0.15, "openvino": 0.1, "tflite": 0.05}
+# How far an INT8 file's score may move from float32, per format (tests.tolerances.INT8_SCORE_BOUND). Measured on
+# the demo model's 16 test images: ONNX (onnxruntime QDQ, u8 activations) within 0.15; OpenVINO (NNCF, TRANSFORMER
+# model type, MIXED preset) up to 0.030 on the AMX host, 0.089 on the Zen 4 host (0.1 still fails NNCF's default model
+# type, 0.225, and SmoothQuant, 0.46); TFLite (PT2E, int8 activations, proposal heads and projector float, XNNPACK) up
+# to 0.013, 0.005 at the median. 0.05 leaves room for another calibration draw and still fails the 0.39 of the file
+# with only the proposal heads float (one image whose near-tied proposals XNNPACK's rounding swaps;
+# rfdetr.deploy.formats.tflite_int8.FLOAT_MODULES).
+SCORE_TOLERANCE = INT8_SCORE_BOUND
 
 
-def assert_same_top_detections(float_model: RFDETR, int8_model: object, images: list[np.ndarray],
-                               threshold: float = 0.5, score_tolerance: float = 0.15) -> int:
-    """Every float32 detection above ``threshold`` has an INT8 one of the same class: box IoU >= 0.8, score within
-    ``score_tolerance``, mask IoU >= 0.8. Returns how many were compared."""
-    compared = 0
+def assert_same_top_detections(float_model: RFDETR, int8_model: ExportedModel, images: list[np.ndarray],
+                               threshold: float = 0.5, score_tolerance: float = 0.15,
+                               mask_logit_bound: float = INT8_MASK_LOGIT_BOUND) -> int:
+    """Every float32 detection scoring above ``threshold + score_tolerance`` (one the INT8 file cannot push below
+    ``threshold`` within the bound) has an INT8 one above ``threshold - score_tolerance`` of the same class: box IoU
+    >= 0.8, score within ``score_tolerance`` and, on the pixels where the float mask logit exceeds
+    ``mask_logit_bound`` in magnitude (where the float model is confident, beyond the INT8 file's mask-logit error),
+    mask IoU >= 0.8. Returns how many detections were compared; asserts that some mask pixels were."""
+    compared = confident = 0
     for picture in images:
-        ours = float_model.predict(picture, threshold=threshold)
-        theirs = int8_model.predict(picture, threshold=max(0.0, threshold - 0.2))  # type: ignore[attr-defined]
-        for i in range(len(ours)):
+        pixels, sizes = pixels_of(float_model, [picture])
+        ours = ranked(export_outputs(float_model.model, pixels), sizes, float_model.postprocess.num_select)[0]
+        theirs = int8_model.predict(picture, threshold=max(0.0, threshold - score_tolerance))
+        assert not isinstance(theirs, list)
+        for i in np.flatnonzero(ours.scores > threshold + score_tolerance):
             assert len(theirs), "an INT8 file lost a detection"
-            ious = box_iou(torch.from_numpy(ours.xyxy[i : i + 1]), torch.from_numpy(theirs.xyxy))[0]
+            ious = box_iou(torch.from_numpy(ours.boxes[i : i + 1]).float(), torch.from_numpy(theirs.xyxy))[0]
             j = int(ious.argmax())
-            assert theirs.class_id[j] == ours.class_id[i]
-            assert float(ious[j]) >= 0.8 and abs(theirs.confidence[j] - ours.confidence[i]) <= score_tolerance
-            if ours.mask is not None:
-                inter = (ours.mask[i] & theirs.mask[j]).sum()
-                assert inter / max(1, (ours.mask[i] | theirs.mask[j]).sum()) >= 0.8
+            assert theirs.class_id[j] == ours.labels[i]
+            # Box IoU: the old 0.8, measured >= 0.93 on every host seen (OpenVINO on Zen 4: 0.932 to 0.992).
+            assert float(ious[j]) >= 0.8 and abs(theirs.confidence[j] - ours.scores[i]) <= score_tolerance
+            if ours.mask_logits is not None:
+                assert theirs.mask is not None
+                logit = ours.mask_logit(i)
+                sure = np.abs(logit) > mask_logit_bound
+                a, b = (logit > 0) & sure, theirs.mask[j] & sure
+                if a.any():
+                    assert (a & b).sum() / (a | b).sum() >= 0.8, "the INT8 mask differs where float32 is sure"
+                    confident += int(a.sum())
             compared += 1
+    if float_model.masks:
+        assert confident > 0, "no mask pixel was compared"
     return compared
 
 
