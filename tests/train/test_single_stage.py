@@ -268,6 +268,10 @@ def test_sparse_training_masks_give_the_dense_losses(tmp_path: Path) -> None:
     torch.manual_seed(1)
     dense = criterion(dense_out, targets)
     assert set(sparse) == set(dense) and {"loss_mask_ce_enc", "loss_mask_dice_0", "loss_ce_enc"} <= set(sparse)
+    # The sparse path samples the mask logits at the same points the dense path samples its logits at: equal in exact
+    # arithmetic, float32 ~2e-6 relative per point logit (test_mask_head's identity); the losses are means over the
+    # sampled points (max(Hm, Hm * Wm / 16) per mask) whose float32 sums add N x 2^-24 relative: ~1e-4 relative for
+    # N ~ 1000 at worst, hence rtol 1e-4 (atol 1e-5 for losses near 0). Measured 1.2e-7 abs at most (Zen 4).
     for key, value in dense.items():
         torch.testing.assert_close(sparse[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
