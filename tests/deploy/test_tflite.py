@@ -44,7 +44,7 @@ from tests.deploy.models import (  # noqa: E402
     image,
     perturb,
 )
-from tests.tolerances import score_bound  # noqa: E402
+from tests.tolerances import INT8_SCORE_BOUND, score_bound  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,9 +189,13 @@ def test_int8_export_has_int8_weights_and_activations(detector: RFDETR, detector
     session = tflite.Session(int8_file)
     assert session.input_type is None and set(session.output_types.values()) == {None}  # float I/O by default
     images = [image(), image(40, 64, 1)]
+    # INT8 vs float32 scores: the TFLite INT8 bound measured on the trained demo model (tests/tolerances.py,
+    # INT8_SCORE_BOUND, 0.05; was 0.2 here). This random-weight model scores <= 0.06, where sigmoid's slope is <= 0.06
+    # rather than 1/4, so the same logit error moves its scores less; measured 0.0095 over its 20 (Zen 4).
     for ours, theirs in zip(detector.predict(images, threshold=0.0), load(int8_file).predict(images, threshold=0.0),
                             strict=True):
-        assert len(theirs) == len(ours) and np.abs(theirs.confidence - ours.confidence).max() < 0.2
+        assert len(theirs) == len(ours)
+        assert np.abs(theirs.confidence - ours.confidence).max() <= INT8_SCORE_BOUND["tflite"]
 
 
 def test_int8_integer_io(detector: RFDETR, int8_file: Path, calibration_dir: Path, tmp_path: Path) -> None:
@@ -200,8 +204,10 @@ def test_int8_integer_io(detector: RFDETR, int8_file: Path, calibration_dir: Pat
     details = [*runner.get_input_details().values(), *runner.get_output_details().values()]
     assert [d["dtype"] for d in details] == [np.uint8] * 3  # input, dets, labels
     assert all(d["quantization"][0] > 0 for d in details)
-    # The same int8 graph with converting ops at its edges: the same detections as the float-I/O file, boxes up to
-    # the uint8 rounding of the normalised box output (half a step of its ~1/255 scale, in pixels of a 90 px image).
+    # The same int8 graph with converting ops at its edges: the same detections as the float-I/O file (scores equal:
+    # measured 0), boxes up to the uint8 rounding of the normalised cxcywh output: a corner (cx -+ w / 2) x W is off
+    # by half a step of cx plus a quarter step of w, 0.75 x (1/255) x 90 px = 0.26 px for a [0, 1] calibrated range;
+    # 0.5 leaves ~2x for a wider range. Measured 0.234 px (Zen 4).
     images = [image(), image(40, 64, 1)]
     for a, b in zip(load(int8_file).predict(images, threshold=0.0), load(path).predict(images, threshold=0.0),
                     strict=True):
