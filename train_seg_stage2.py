@@ -33,6 +33,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "rfdetr training checkpoint; a stage-2 checkpoint also restores its mask head")
     parser.add_argument("--mask_head", "--mask-head", choices=MASK_HEAD_KINDS, default="auto",
                         help="MaskHead (rfdetr's head), MaskHeadNano (light), or auto: nano for --size nano")
+    parser.add_argument("--mask_head_weights", "--mask-head-weights", default=None, metavar="PATH",
+                        help="start the mask head from another stage-2 checkpoint's head (e.g. one trained on a "
+                             "larger dataset); the detector still comes from --checkpoint / --stage1_run")
     parser.add_argument("--cache_features", "--cache-features", nargs="?", const="memory", default=None,
                         metavar="DIR", help="compute the frozen detector's outputs once (needs --augment 0 "
                                             "--multi_scale 0); in memory, or float16 files under DIR")

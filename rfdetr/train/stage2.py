@@ -268,6 +268,23 @@ def build_segmenter(detector: RFDETRModel, head_cfg: MaskHeadConfig, head_state:
     return Segmenter(detector, head, freeze_detector=freeze_detector)
 
 
+def load_mask_head_weights(path: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    """``--mask_head_weights``: (path, checkpoint, its mask-head tensors) of a stage-2 checkpoint.
+
+    Raises:
+        Stage2Error: the file is missing, or it holds no mask head.
+    """
+    if not path.is_file():
+        raise Stage2Error(f"--mask_head_weights {path}: no such file (give a stage-2 checkpoint, e.g. a run's "
+                          "checkpoint_best_total.pth)")
+    ckpt = load_checkpoint_file(path)
+    _, head_state = split_mask_head(extract_state_dict(ckpt))
+    if not head_state or not isinstance(ckpt.get("mask_head"), dict):
+        raise Stage2Error(f"--mask_head_weights {path}: not a stage-2 checkpoint (no 'mask_head' config or no "
+                          f"{' / '.join(p + '*' for p in MASK_HEAD_PREFIXES)} tensors)")
+    return path, ckpt, head_state
+
+
 def mask_head_config(requested: str, size: str, cfg: ModelConfig, ckpt: dict[str, Any], resume: bool
                      ) -> MaskHeadConfig:
     """``--mask_head`` resolved; a stage-2 checkpoint's recorded head wins on resume or with ``auto``."""
@@ -334,8 +351,12 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
     cfg = detector_config(args.size, args.resolution, ckpt, names)
     detector = build_model(cfg)
     load_detector(detector, detector_state, source, args.size)
-    head_cfg = mask_head_config(args.mask_head, args.size, cfg, ckpt, bool(train_cfg.resume))
-    model = build_segmenter(detector, head_cfg, head_state, source)
+    head_source, head_ckpt = source, ckpt
+    weights = getattr(args, "mask_head_weights", None)
+    if weights and not train_cfg.resume:  # a resumed run restores its own head
+        head_source, head_ckpt, head_state = load_mask_head_weights(Path(weights))
+    head_cfg = mask_head_config(args.mask_head, args.size, cfg, head_ckpt, bool(train_cfg.resume))
+    model = build_segmenter(detector, head_cfg, head_state, head_source)
     head_loaded = any(k.startswith(head_cfg.key_prefix) for k in head_state)
     counts = parameter_counts(model)
     logger.info("parameters: %s trainable (%s mask head), %s frozen (detector)", f"{counts['trainable']:,}",

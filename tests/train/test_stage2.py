@@ -34,6 +34,7 @@ from rfdetr.train.args import configs_from_args, model_config_for
 from rfdetr.train.fit import fit
 from rfdetr.train.optim import param_groups
 from rfdetr.train.stage2 import (
+    Stage2Error,
     build_job,
     check_classes,
     detector_config,
@@ -356,3 +357,29 @@ def test_crowd_annotations_are_ignored() -> None:
     assert losses[0].keys() == losses[1].keys()
     for key in losses[0]:
         torch.testing.assert_close(losses[0][key], losses[1][key], msg=key)
+
+
+def test_mask_head_weights_start_the_head_from_another_run(overfit: tuple[Path, float], four_images: Path,
+                                                            stage1_run: Path, tmp_path: Path) -> None:
+    """``--mask_head_weights``: the head starts from another stage-2 checkpoint's head (the demo's pretrained head),
+    the detector from ``--stage1_run``; files without a head are refused with the path and the fix."""
+    run_dir, _ = overfit
+    trained = run_dir / "checkpoint_best_total.pth"
+    _, trained_head = split_mask_head(extract_state_dict(load_checkpoint_file(trained)))
+
+    def job_for(weights: Path) -> Segmenter:
+        args = train_seg_stage2.get_args_parser().parse_args(
+            [*FAST, "--dataset", str(four_images), "--output", str(tmp_path / "out"), "--stage1_run", str(stage1_run),
+             "--mask_head_weights", str(weights)])
+        return build_job(args, *configs_from_args(args), CPU).job.model
+
+    model = job_for(trained)
+    for key, value in model.mask_head_state_dict().items():
+        torch.testing.assert_close(value, trained_head[key], rtol=0, atol=0)  # copied, not recomputed
+    detector = extract_state_dict(load_checkpoint_file(stage1_run / "checkpoint_best_total.pth"))
+    for key, value in model.detector.state_dict().items():
+        torch.testing.assert_close(value, detector[key], rtol=0, atol=0)
+    with pytest.raises(Stage2Error, match="not a stage-2 checkpoint"):
+        job_for(stage1_run / "checkpoint_best_total.pth")
+    with pytest.raises(Stage2Error, match="no such file"):
+        job_for(tmp_path / "missing.pth")
