@@ -65,6 +65,16 @@ def ulp_floor(magnitude: float, ulps: float = ULPS) -> float:
     return ulps * 2 * FLOAT32_UNIT_ROUNDOFF * max(magnitude, 1e-30)
 
 
+def reordered_sum_bound(k: int, magnitude: float, sigmas: float = 4.0) -> float:
+    """Bound on how far one float32 dot product of ``k`` terms can move when only its summation order changes.
+
+    Each of the k roundings errs by at most 2^-24 of the running sum (<= ``magnitude``); random-sign rounding errors
+    add as sqrt(k) (Higham and Mary's probabilistic bound), and ``sigmas`` standard deviations of that walk bound
+    it with a failure probability below 1e-4 per output. The worst case k x 2^-24 x magnitude is 4x larger at k=256.
+    """
+    return sigmas * np.sqrt(k) * FLOAT32_UNIT_ROUNDOFF * magnitude
+
+
 def score_bound(logit_bound: float) -> float:
     """The largest score change a logit change of at most ``logit_bound`` can cause (sigmoid slope <= 1/4)."""
     return SIGMOID_MAX_SLOPE * logit_bound
