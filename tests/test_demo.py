@@ -2,51 +2,87 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
 from rfdetr.data.coco import CocoDetection
+from rfdetr.data.synthetic import write_synthetic_dataset
+from rfdetr.demo import DEMO_DATA
+from rfdetr.deploy.evaluate import evaluate_predictor
 from rfdetr.detr import load_model
 
+# What the demo must show on every host (issue #26), with the smallest value measured on the hosts seen beside each
+# bound in the README's demo section: every shape in the four pictured test images found, labelled right, its mask
+# following the edges (mask IoU with the ground truth); segm AP50 on 256 fresh images of the demo's generator.
+PICTURED_IMAGES = 4
+PICTURED_MASK_IOU = 0.75
+HELD_OUT_IMAGES = 256
+HELD_OUT_SEED = 11  # not the demo's own seed (0) nor the starting weights' (1000)
+HELD_OUT_SEGM_AP50 = 0.7
 
-def test_demo_model_scores_on_the_held_out_split(demo_run: Path) -> None:
-    stage2 = next((demo_run / "stage2").iterdir())
-    test = json.loads((stage2 / "results.json").read_text())["test"]
-    assert test["segm"]["mAP50"] >= 0.6, test["segm"]
-    assert test["bbox"]["mAP50"] >= 0.6, test["bbox"]
+
+def _match_objects(model: object, data: CocoDetection, indices: range, threshold: float
+                   ) -> list[tuple[int, str, str | None, float]]:
+    """(image index, true class, found class or None, mask IoU) per ground-truth object: the detection above
+    ``threshold`` whose box overlaps it most (box IoU >= 0.5), as a person looking at the picture would pair them."""
+    rows = []
+    for i in indices:
+        image, target = data.load_sample(i)
+        det = model.predict(image.permute(1, 2, 0).numpy(), threshold=threshold)  # type: ignore[attr-defined]
+        boxes = target["boxes"].as_subclass(torch.Tensor).float()
+        ious = box_iou(boxes, torch.from_numpy(det.xyxy)) if len(det) else torch.zeros(len(boxes), 0)
+        for g, label in enumerate(target["labels"].tolist()):
+            truth = data.class_names[int(label)]
+            if not len(det) or float(ious[g].max()) < 0.5:
+                rows.append((i, truth, None, 0.0))
+                continue
+            j = int(ious[g].argmax())
+            gt, mask = target["masks"][g].numpy(), det.mask[j]
+            rows.append((i, truth, det.class_name[j], float((gt & mask).sum() / (gt | mask).sum())))
+    return rows
 
 
-def test_demo_labels_match_the_shapes(demo_run: Path) -> None:
-    """The test objects the model finds above the picture's threshold nearly all get their true class, their masks
-    follow them (mean mask IoU >= 0.75), and most objects are found."""
+def test_demo_pictured_shapes_are_found_labelled_and_masked(demo_run: Path) -> None:
+    """The four test images in prediction.png: every shape found above the picture's threshold, with its true class,
+    and a mask on its edges (IoU >= 0.75 for each one, not on average)."""
     model = load_model(demo_run / "model.pth", device="cpu")
     data = CocoDetection(demo_run / "dataset", "test", masks=True)
-    found = total = right = 0
-    mask_ious = []
-    for i in range(len(data)):
-        image, target = data.load_sample(i)
-        picture = image.permute(1, 2, 0).numpy()
-        det = model.predict(picture, threshold=0.4)
-        total += len(target["labels"])
-        if not len(det):
-            continue
-        ious = box_iou(target["boxes"].as_subclass(torch.Tensor).float(), torch.from_numpy(det.xyxy))
-        for g in range(len(target["labels"])):
-            j = int(ious[g].argmax())
-            if float(ious[g, j]) < 0.5:
-                continue
-            found += 1
-            right += det.class_name[j] == data.class_names[int(target["labels"][g])]
-            gt_mask = target["masks"][g].numpy()
-            mask_ious.append((gt_mask & det.mask[j]).sum() / (gt_mask | det.mask[j]).sum())
-    assert found >= 0.6 * total, (found, total)
-    assert right >= 0.9 * found, (right, found)
-    assert np.mean(mask_ious) >= 0.75, mask_ious
+    rows = _match_objects(model, data, range(PICTURED_IMAGES), threshold=0.4)
+    assert len(rows) >= PICTURED_IMAGES
+    wrong = [r for r in rows if r[2] != r[1] or r[3] < PICTURED_MASK_IOU]
+    assert not wrong, f"(image, true class, found class, mask IoU) below the bar: {wrong} of {rows}"
+
+
+def test_demo_model_is_right_on_the_whole_test_split(demo_run: Path) -> None:
+    """All 16 test images: nearly every object found and labelled right; masks on the edges for most."""
+    model = load_model(demo_run / "model.pth", device="cpu")
+    data = CocoDetection(demo_run / "dataset", "test", masks=True)
+    rows = _match_objects(model, data, range(len(data)), threshold=0.4)
+    found = [r for r in rows if r[2] is not None]
+    assert len(found) >= 0.9 * len(rows), rows
+    assert sum(r[2] == r[1] for r in found) >= 0.9 * len(found), rows
+    assert np.mean([r[3] >= PICTURED_MASK_IOU for r in found]) >= 0.8, rows
+
+
+def test_demo_scores_on_fresh_images(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """segm AP50 on 256 new images of the demo's generator (the 16-image test split moves by points per image), and
+    the demo's own printed scores on its test split."""
+    stage2 = next((demo_run / "stage2").iterdir())
+    test = json.loads((stage2 / "results.json").read_text())["test"]
+    assert test["segm"]["mAP50"] >= HELD_OUT_SEGM_AP50 and test["bbox"]["mAP50"] >= 0.8, test
+    held_out = write_synthetic_dataset(tmp_path_factory.mktemp("demo_held_out"), dataclasses.replace(
+        DEMO_DATA, splits=(("valid", HELD_OUT_IMAGES),), seed=HELD_OUT_SEED))
+    results = evaluate_predictor(load_model(demo_run / "model.pth", device="cpu"), held_out, "valid", 100,
+                                 progress=False)
+    assert results["images"] == HELD_OUT_IMAGES
+    assert results["segm"]["mAP50"] >= HELD_OUT_SEGM_AP50, results["segm"]
 
 
 def test_demo_picture_is_large_and_drawn(demo_run: Path) -> None:
