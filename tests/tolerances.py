@@ -143,13 +143,17 @@ class DetectionTolerance:
         return DetectionTolerance(self.score * factor, self.box * factor, self.mask_logit * factor)
 
 
-# INT8 files against float32, measured on the demo model (tiny + mask head, 160 px, trained) over its 16 test
-# images, for the float detections scoring > 0.5. Scores: see tests/deploy/test_int8.py (per format, with the NNCF
-# settings the bounds must still reject). Mask logits (resized to the image, the INT8 file's matched detection
-# against float32): OpenVINO up to 2.92 on the Zen 4 host, where one detection's whole-mask IoU is 0.71-0.85 (its
-# float mask logits never exceed 4 in magnitude: the mask head is not sure of any pixel); pixels flip there only where
-# the float logit is within 2.21 of 0. 4.0 is ~1.4x the largest error: pixels whose float logit is larger in
-# magnitude are the ones the float model is sure of, and only they enter the INT8 mask IoU. A retrained mask head with
-# larger logits may have a larger INT8 error in logit units (the step is its calibrated range / 255): re-measure.
+# INT8 files against float32, measured on the demo model over its 16 test images, for the float detections scoring
+# > 0.5 (INT8 file's matched detection, mask logits resized to the image). Scores: see tests/deploy/test_int8.py (per
+# format, with the NNCF settings the bounds must still reject). Mask logits, two demo models on the Zen 4 host:
+# - the 160 px demo of session 7: OpenVINO's mask-logit error up to 2.92; pixels flip only where the float logit is
+#   within 2.21 of 0; one detection's whole-mask IoU 0.71-0.85 (its float logits never exceed 4: the head was sure of
+#   no pixel);
+# - the 192 px demo with the pretrained head (session 8): errors up to 4.77 / 4.50 / 3.09 (OpenVINO / ONNX / TFLite),
+#   pixels flip only where |float logit| <= 1.95 / 1.43 / 2.44, whole-mask IoU >= 0.957 / 0.917 / 0.941; score
+#   changes above 0.6 at most 0.024 / 0.015 / 0.028 (OpenVINO's 0.106 is at a 0.59 detection, within threshold +
+#   bound, which the check leaves out) (/work/tmp/tol/m_int8_final.py).
+# 4.0 is ~1.6x the largest |logit| at which a pixel flipped: pixels whose float logit is larger in magnitude are the
+# ones the float model is sure of, and only they enter the INT8 mask IoU.
 INT8_SCORE_BOUND = {"onnx": 0.15, "openvino": 0.1, "tflite": 0.05}
 INT8_MASK_LOGIT_BOUND = 4.0
