@@ -139,9 +139,6 @@ class DetectionTolerance:
     box: float
     mask_logit: float = 0.0
 
-    def scaled(self, factor: float) -> DetectionTolerance:
-        return DetectionTolerance(self.score * factor, self.box * factor, self.mask_logit * factor)
-
 
 # INT8 files against float32, measured on the demo model over its 16 test images, for the float detections scoring
 # > 0.5 (INT8 file's matched detection, mask logits resized to the image). Scores: see tests/deploy/test_int8.py (per

@@ -85,10 +85,6 @@ def render_detections(image: np.ndarray, detections: Detections, mask_alpha: flo
     return out
 
 
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def label_position(box: np.ndarray, size: tuple[int, int], image_size: tuple[int, int],
                    placed: list[tuple[int, int, int, int]]) -> tuple[int, int]:
     """Top-left corner of a label of ``size`` (w, h) for ``box`` (x0, y0, x1, y1) that overlaps no ``placed`` label.
@@ -107,7 +103,7 @@ def label_position(box: np.ndarray, size: tuple[int, int], image_size: tuple[int
     def overlap(spot: tuple[int, int]) -> int:
         rect = (spot[0], spot[1], spot[0] + w, spot[1] + h)
         return sum(max(0, min(rect[2], p[2]) - max(rect[0], p[0])) * max(0, min(rect[3], p[3]) - max(rect[1], p[1]))
-                   for p in placed if _overlaps(rect, p))
+                   for p in placed)
 
     for spot in candidates:
         if overlap(spot) == 0:

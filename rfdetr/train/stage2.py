@@ -268,8 +268,8 @@ def build_segmenter(detector: RFDETRModel, head_cfg: MaskHeadConfig, head_state:
     return Segmenter(detector, head, freeze_detector=freeze_detector)
 
 
-def load_mask_head_weights(path: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
-    """``--mask_head_weights``: (path, checkpoint, its mask-head tensors) of a stage-2 checkpoint.
+def load_mask_head_weights(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``--mask_head_weights``: (checkpoint, its mask-head tensors) of a stage-2 checkpoint.
 
     Raises:
         Stage2Error: the file is missing, or it holds no mask head.
@@ -282,7 +282,7 @@ def load_mask_head_weights(path: Path) -> tuple[Path, dict[str, Any], dict[str, 
     if not head_state or not isinstance(ckpt.get("mask_head"), dict):
         raise Stage2Error(f"--mask_head_weights {path}: not a stage-2 checkpoint (no 'mask_head' config or no "
                           f"{' / '.join(p + '*' for p in MASK_HEAD_PREFIXES)} tensors)")
-    return path, ckpt, head_state
+    return ckpt, head_state
 
 
 def mask_head_config(requested: str, size: str, cfg: ModelConfig, ckpt: dict[str, Any], resume: bool
@@ -354,7 +354,8 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
     head_source, head_ckpt = source, ckpt
     weights = getattr(args, "mask_head_weights", None)
     if weights and not train_cfg.resume:  # a resumed run restores its own head
-        head_source, head_ckpt, head_state = load_mask_head_weights(Path(weights))
+        head_source = Path(weights)
+        head_ckpt, head_state = load_mask_head_weights(head_source)
     head_cfg = mask_head_config(args.mask_head, args.size, cfg, head_ckpt, bool(train_cfg.resume))
     model = build_segmenter(detector, head_cfg, head_state, head_source)
     head_loaded = any(k.startswith(head_cfg.key_prefix) for k in head_state)

@@ -18,6 +18,7 @@ from torchvision.ops import box_iou
 from rfdetr.deploy.processing import class_name, load_images, preprocess
 from rfdetr.deploy.runner import ExportedModel
 from rfdetr.detr import RFDETR, RFDETRTiny
+from rfdetr.models.postprocess import box_cxcywh_to_xyxy
 from tests.tolerances import (
     FLOAT32_FACTOR,
     DetectionTolerance,
@@ -96,9 +97,8 @@ def ranked(outputs: list[torch.Tensor], sizes: list[tuple[int, int]], num_select
         scores, index = torch.sort(logits[b].sigmoid().flatten(), descending=True, stable=True)
         scores, index = scores[:num_select], index[:num_select]
         query = torch.div(index, logits.shape[-1], rounding_mode="floor")
-        cx, cy, w, h = boxes[b, query].unbind(-1)
         scale = torch.tensor([width, height, width, height], dtype=torch.float64)
-        xyxy = torch.minimum(torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * scale, scale)
+        xyxy = torch.minimum(box_cxcywh_to_xyxy(boxes[b, query]) * scale, scale)  # as PostProcess: sizes clamped
         result.append(Ranked(scores.numpy(), (index % logits.shape[-1]).numpy(), xyxy.clamp(min=0).numpy(),
                              query.numpy(), outputs[2][b] if len(outputs) > 2 else None, (height, width)))
     return result

@@ -44,7 +44,6 @@ def _test_images(dataset: Path) -> list[np.ndarray]:
 # to 0.013, 0.005 at the median. 0.05 leaves room for another calibration draw and still fails the 0.39 of the file
 # with only the proposal heads float (one image whose near-tied proposals XNNPACK's rounding swaps;
 # rfdetr.deploy.formats.tflite_int8.FLOAT_MODULES).
-SCORE_TOLERANCE = INT8_SCORE_BOUND
 
 
 def assert_same_top_detections(float_model: RFDETR, int8_model: ExportedModel, images: list[np.ndarray],
@@ -94,7 +93,7 @@ def test_int8_file_keeps_the_top_detections(fmt: str, demo_run: Path, tmp_path: 
     assert set(report["max_abs_diff_vs_pytorch_float32"]) == {"boxes", "logits", "masks"}
     assert report["size_mb"] < 0.6 * load_report(float_path)["size_mb"]  # int8 weights
     compared = assert_same_top_detections(model, load(path), _test_images(dataset),
-                                          score_tolerance=SCORE_TOLERANCE.get(fmt, 0.15))
+                                          score_tolerance=INT8_SCORE_BOUND.get(fmt, 0.15))
     assert compared >= 5
 
 
