@@ -60,29 +60,30 @@ def test_demo_pictured_shapes_are_found_labelled_and_masked(demo_run: Path) -> N
     assert not wrong, f"(image, true class, found class, mask IoU) below the bar: {wrong} of {rows}"
 
 
-def test_demo_model_is_right_on_the_whole_test_split(demo_run: Path) -> None:
-    """All 16 test images: nearly every object found and labelled right; masks on the edges for most."""
-    model = load_model(demo_run / "model.pth", device="cpu")
-    data = CocoDetection(demo_run / "dataset", "test", masks=True)
-    rows = _match_objects(model, data, range(len(data)), threshold=0.4)
-    found = [r for r in rows if r[2] is not None]
-    assert len(found) >= 0.9 * len(rows), rows
-    assert sum(r[2] == r[1] for r in found) >= 0.9 * len(found), rows
-    assert np.mean([r[3] >= PICTURED_MASK_IOU for r in found]) >= 0.8, rows
-
-
 def test_demo_scores_on_fresh_images(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """segm AP50 on 256 new images of the demo's generator (the 16-image test split moves by points per image), and
-    the demo's own printed scores on its test split."""
+    """On 256 new images of the demo's generator (~320 objects; the 16-image test split moves by points per image):
+    segm AP50, and nearly every object found, labelled right, most masks on the edges. Also the demo's own printed
+    test-split scores.
+
+    Bars from the spread of four demo variants on the Zen 4 host (1 or 2 training threads, stage-1 lr 1e-4 or 5e-4,
+    stage 2 for 10 or 20 epochs): found 0.963-0.982, right 0.981-0.984, mask IoU >= 0.75 for 0.809-0.831 of the
+    found, segm AP50 0.918-0.928; each bar sits below the lowest by more than 3 binomial standard deviations of ~320
+    objects (sd 0.01 / 0.008 / 0.022)."""
     stage2 = next((demo_run / "stage2").iterdir())
     test = json.loads((stage2 / "results.json").read_text())["test"]
     assert test["segm"]["mAP50"] >= HELD_OUT_SEGM_AP50 and test["bbox"]["mAP50"] >= 0.8, test
     held_out = write_synthetic_dataset(tmp_path_factory.mktemp("demo_held_out"), dataclasses.replace(
         DEMO_DATA, splits=(("valid", HELD_OUT_IMAGES),), seed=HELD_OUT_SEED))
-    results = evaluate_predictor(load_model(demo_run / "model.pth", device="cpu"), held_out, "valid", 100,
-                                 progress=False)
+    model = load_model(demo_run / "model.pth", device="cpu")
+    results = evaluate_predictor(model, held_out, "valid", 100, progress=False)
     assert results["images"] == HELD_OUT_IMAGES
     assert results["segm"]["mAP50"] >= HELD_OUT_SEGM_AP50, results["segm"]
+    data = CocoDetection(held_out, "valid", masks=True)
+    rows = _match_objects(model, data, range(len(data)), threshold=0.4)
+    found = [r for r in rows if r[2] is not None]
+    assert len(found) >= 0.9 * len(rows), (len(found), len(rows))
+    assert sum(r[2] == r[1] for r in found) >= 0.95 * len(found)
+    assert np.mean([r[3] >= PICTURED_MASK_IOU for r in found]) >= 0.7
 
 
 def test_demo_picture_is_large_and_drawn(demo_run: Path) -> None:
