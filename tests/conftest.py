@@ -35,12 +35,10 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), SyntheticSpec())
 
 
-@pytest.fixture(scope="session")
-def tiny_stage2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A stage-2 checkpoint as ``train_seg_stage2.py`` writes it: the tiny detector (3 classes) + MaskHeadNano, with
-    random non-trivial weights (the zero-initialised box delta and mask bias perturbed). Load with ``--size tiny``."""
-    import torch
-
+def write_tiny_stage2_checkpoint(directory: Path, kind: str) -> Path:
+    """A stage-2 checkpoint as ``train_seg_stage2.py`` writes it: the tiny detector (3 classes) + a ``kind`` mask head,
+    with random non-trivial weights (the zero-initialised box delta and mask bias perturbed). Load with ``--size tiny``.
+    """
     from rfdetr.checkpoint import make_checkpoint, save_checkpoint
     from rfdetr.config import TINY_CONFIG
     from rfdetr.models import build_model
@@ -50,16 +48,28 @@ def tiny_stage2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     names = ["circle", "square", "triangle"]
     cfg = TINY_CONFIG.replace(num_classes=3, class_names=tuple(names))
     torch.manual_seed(0)
-    head_cfg = MaskHeadConfig("nano", cfg.hidden_dim, cfg.dec_layers)
+    head_cfg = MaskHeadConfig(kind, cfg.hidden_dim, cfg.dec_layers)
     model = Segmenter(build_model(cfg), build_mask_head(head_cfg))
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    path = tmp_path_factory.mktemp("stage2") / "checkpoint_best_total.pth"
+    path = directory / "checkpoint_best_total.pth"
     ckpt = make_checkpoint(model.checkpoint_state_dict(), cfg, names, stage="seg_stage2", mask_head=head_cfg.to_dict())
     save_checkpoint(ckpt, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny detector + MaskHeadNano as a stage-2 checkpoint (:func:`write_tiny_stage2_checkpoint`)."""
+    return write_tiny_stage2_checkpoint(tmp_path_factory.mktemp("stage2"), "nano")
+
+
+@pytest.fixture(scope="session")
+def tiny_dynamic_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny detector + MaskHeadDynamic (image path, per-query MLPs) as a stage-2 checkpoint."""
+    return write_tiny_stage2_checkpoint(tmp_path_factory.mktemp("stage2_dynamic"), "dynamic")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,14 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DenseMaskLogits", "MaskLogits", "SparseMaskLogits", "as_mask_logits", "point_sample"]
+__all__ = [
+    "DenseMaskLogits", "DynamicMaskLogits", "MaskLogits", "SparseMaskLogits", "as_mask_logits", "box_relative_coords",
+    "dynamic_mask_mlp", "dynamic_param_count", "point_sample",
+]
+
+# Box-relative coordinates are clamped to this many half-sides from the box centre: a pixel further away is "far
+# outside" whatever the box size, so a tiny box cannot feed the per-query MLP values it never saw in training.
+REL_COORD_LIMIT = 4.0
 
 
 def point_sample(
@@ -130,6 +137,121 @@ class SparseMaskLogits:
         feats = point_sample(self.spatial_features, points.unsqueeze(0).expand(batch, -1, -1))  # [B, C, P]
         bias = self.bias.unsqueeze(-1) if self.bias.dim() >= 2 else self.bias
         return torch.bmm(self.query_features, feats) + bias  # [B, Q, P]
+
+
+def dynamic_param_count(in_channels: int, hidden: int) -> int:
+    """Scalars of one query's dynamic MLP: (in -> hidden) + (hidden -> hidden) + (hidden -> 1), weights and biases."""
+    return (in_channels + 1) * hidden + (hidden + 1) * hidden + hidden + 1
+
+
+def box_relative_coords(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Where points lie relative to boxes, in half-sides: (x - cx) / (w / 2), so a box's edges are at -1 and +1.
+
+    Args:
+        points: [P, 2] or [B, P, 2] ``(x, y)`` in [0, 1] of the input image.
+        boxes: [B, Q, 4] normalised ``(cx, cy, w, h)``.
+
+    Returns:
+        [B, Q, 2, P], clamped to +-:data:`REL_COORD_LIMIT`.
+    """
+    if points.dim() == 2:
+        points = points.unsqueeze(0)
+    pts = points.transpose(1, 2).unsqueeze(1)  # [B or 1, 1, 2, P]
+    centre = boxes[..., :2].unsqueeze(-1)  # [B, Q, 2, 1]
+    # Half a side, at least a thousandth of the image: a degenerate box must not divide by zero.
+    half = (boxes[..., 2:] * 0.5).clamp(min=1e-3).unsqueeze(-1)
+    return ((pts - centre) / half).clamp(-REL_COORD_LIMIT, REL_COORD_LIMIT)
+
+
+def dynamic_mask_mlp(features: torch.Tensor, rel: torch.Tensor, params: torch.Tensor, hidden: int) -> torch.Tensor:
+    """CondInst's dynamic mask head: each query's own 3-layer MLP (weights ``params``) on pixel features + position.
+
+    Layer 1 is split into its feature and coordinate parts, so the features shared by an image's queries are
+    multiplied once per image ([B, Q*hidden, C] x [B, C, P]) rather than copied per query.
+
+    Args:
+        features: [B, C, P] per-pixel mask features shared by an image's queries.
+        rel: [B, Q, 2, P] box-relative coordinates of those pixels (:func:`box_relative_coords`).
+        params: [B, Q, dynamic_param_count(C + 2, hidden)] per-query weights and biases.
+        hidden: width of the MLP's hidden layers.
+
+    Returns:
+        [B, Q, P] mask logits.
+    """
+    batch, channels, num_points = features.shape
+    queries = params.shape[1]
+    cin = channels + 2
+    sizes = [cin * hidden, hidden, hidden * hidden, hidden, hidden, 1]
+    w1, b1, w2, b2, w3, b3 = torch.split(params, sizes, dim=-1)
+    w1 = w1.reshape(batch, queries, hidden, cin)
+    w1_feat = w1[..., :channels].reshape(batch, queries * hidden, channels)
+    x = torch.bmm(w1_feat, features).view(batch, queries, hidden, num_points)
+    # The two coordinate channels as broadcast products (no [B, Q, 2, P] x [2, hidden] matmul per query).
+    x = x + w1[..., channels, None] * rel[:, :, 0:1] + w1[..., channels + 1, None] * rel[:, :, 1:2]
+    x = torch.relu(x + b1.unsqueeze(-1))
+    x = torch.relu(torch.matmul(w2.reshape(batch, queries, hidden, hidden), x) + b2.unsqueeze(-1))
+    out = torch.matmul(w3.reshape(batch, queries, 1, hidden), x) + b3.unsqueeze(-1)
+    return out.squeeze(2)
+
+
+def _pixel_centres(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """[H*W, 2] ``(x, y)`` of pixel centres in [0, 1], row-major (the order of ``flatten``)."""
+    ys = (torch.arange(height, device=like.device, dtype=like.dtype) + 0.5) / height
+    xs = (torch.arange(width, device=like.device, dtype=like.dtype) + 0.5) / width
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=-1)
+
+
+@dataclass
+class DynamicMaskLogits:
+    """Per-query dynamic MLPs on shared mask features: ``logit[b, q, y, x] = MLP_{params[b, q]}(f[b, :, y, x],
+    rel(box[b, q], (x, y)))`` (:func:`dynamic_mask_mlp`); only the queries or points asked for are evaluated.
+
+    Attributes:
+        features: [B, C, Hm, Wm] per-pixel mask features.
+        params: [B, Q, dynamic_param_count(C + 2, hidden)] per-query MLP weights.
+        boxes: [B, Q, 4] normalised ``(cx, cy, w, h)`` each query's coordinates are relative to.
+        hidden: the MLP's hidden width.
+    """
+
+    features: torch.Tensor
+    params: torch.Tensor
+    boxes: torch.Tensor
+    hidden: int
+
+    @property
+    def mask_size(self) -> tuple[int, int]:
+        return (self.features.shape[-2], self.features.shape[-1])
+
+    def dense(self) -> torch.Tensor:
+        """Every query's logits [B, Q, Hm, Wm] (inference and export)."""
+        height, width = self.mask_size
+        points = _pixel_centres(height, width, self.features)
+        rel = box_relative_coords(points, self.boxes)
+        logits = dynamic_mask_mlp(self.features.flatten(2), rel, self.params, self.hidden)
+        return logits.view(logits.shape[0], logits.shape[1], height, width)
+
+    def selected(self, batch_idx: torch.Tensor, query_idx: torch.Tensor) -> torch.Tensor:
+        # Each selected mask as its own one-query "image": [M, C, Hm*Wm] features, no other query evaluated.
+        height, width = self.mask_size
+        points = _pixel_centres(height, width, self.features)
+        boxes = self.boxes[batch_idx, query_idx].unsqueeze(1)  # [M, 1, 4]
+        rel = box_relative_coords(points, boxes)
+        logits = dynamic_mask_mlp(self.features[batch_idx].flatten(2), rel,
+                                  self.params[batch_idx, query_idx].unsqueeze(1), self.hidden)
+        return logits.view(len(batch_idx), height, width)
+
+    def at_points(self, batch_idx: torch.Tensor, query_idx: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Logits of the selected masks at their own points [M, P, 2] -> [M, P]."""
+        return point_sample(self.selected(batch_idx, query_idx).unsqueeze(1), points).squeeze(1)
+
+    def at_shared_points(self, points: torch.Tensor) -> torch.Tensor:
+        # Features are bilinearly sampled; coordinates are exact at the points. Equal to sampling the dense logits
+        # only where the MLP is linear, so the matcher's mask cost reads the function itself, not its interpolation.
+        batch = self.features.shape[0]
+        feats = point_sample(self.features, points.unsqueeze(0).expand(batch, -1, -1))  # [B, C, P]
+        rel = box_relative_coords(points, self.boxes)
+        return dynamic_mask_mlp(feats, rel, self.params, self.hidden)
 
 
 def as_mask_logits(pred_masks: torch.Tensor | Mapping[str, torch.Tensor] | MaskLogits) -> MaskLogits:

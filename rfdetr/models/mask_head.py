@@ -44,8 +44,8 @@ __all__ = [
     "MASK_HEAD_KINDS", "MaskHead", "MaskHeadConfig", "MaskHeadNano", "build_mask_head", "resolve_mask_head_kind",
 ]
 
-MaskHeadKind = Literal["full", "nano"]
-MASK_HEAD_KINDS: tuple[str, ...] = ("auto", "full", "nano")
+MaskHeadKind = Literal["full", "nano", "dynamic"]
+MASK_HEAD_KINDS: tuple[str, ...] = ("auto", "full", "nano", "dynamic")
 # Model sizes for which ``--mask_head auto`` picks MaskHeadNano ("tiny" is the CPU test config, nano-like).
 NANO_HEAD_SIZES: tuple[str, ...] = ("nano", "tiny")
 NANO_WIDTH = 32
@@ -63,10 +63,11 @@ class MaskHeadConfig:
     """Everything needed to rebuild a mask head; stored as ``mask_head`` in stage-2 checkpoints.
 
     Attributes:
-        kind: ``"full"`` (:class:`MaskHead`) or ``"nano"`` (:class:`MaskHeadNano`).
+        kind: ``"full"`` (:class:`MaskHead`), ``"nano"`` (:class:`MaskHeadNano`) or ``"dynamic"``
+            (:class:`rfdetr.models.mask_head_dynamic.MaskHeadDynamic`).
         dim: D, the detector's hidden width (projector map and queries).
         num_layers: decoder layers L whose queries get masks.
-        width: MaskHeadNano's interaction width C (ignored by MaskHead, which works at D).
+        width: MaskHeadNano's interaction width C, MaskHeadDynamic's pixel-path width (MaskHead works at D).
         downsample_ratio: masks are at (H // ratio, W // ratio) of the network input.
     """
 
@@ -77,14 +78,15 @@ class MaskHeadConfig:
     downsample_ratio: int = 4
 
     def __post_init__(self) -> None:
-        if self.kind not in ("full", "nano"):
-            raise ValueError(f"mask head kind must be 'full' or 'nano', got {self.kind!r}")
+        if self.kind not in MASK_HEAD_KINDS[1:]:
+            raise ValueError(f"mask head kind must be one of {', '.join(MASK_HEAD_KINDS[1:])}, got {self.kind!r}")
         if min(self.dim, self.num_layers, self.width, self.downsample_ratio) < 1:
             raise ValueError(f"mask head sizes must be >= 1, got {self}")
 
     @property
     def key_prefix(self) -> str:
         """Prefix of the head's tensors in checkpoints."""
+        # MaskHeadDynamic shares nano's prefix: the recorded kind, not the prefix, says which head it is.
         return MaskHead.key_prefix if self.kind == "full" else MaskHeadNano.key_prefix
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,17 +182,22 @@ class MaskHeadNano(nn.Module):
         return SparseMaskLogits(pixel_embed, self.project_queries(query_features), self.bias)
 
 
-def build_mask_head(cfg: MaskHeadConfig) -> MaskHead | MaskHeadNano:
+def build_mask_head(cfg: MaskHeadConfig) -> nn.Module:
     """The (randomly initialised) head described by ``cfg``."""
     if cfg.kind == "full":
         return MaskHead(cfg.dim, cfg.num_layers, cfg.downsample_ratio)
+    if cfg.kind == "dynamic":
+        from rfdetr.models.mask_head_dynamic import MaskHeadDynamic  # that module imports this one's config
+
+        return MaskHeadDynamic(cfg.dim, cfg.num_layers, cfg.width, cfg.downsample_ratio)
     return MaskHeadNano(cfg.dim, cfg.num_layers, cfg.width, cfg.downsample_ratio)
 
 
 def resolve_mask_head_kind(kind: str, size: str) -> MaskHeadKind:
-    """``--mask_head``: ``auto`` is MaskHeadNano for nano (and the nano-like ``tiny``), MaskHead otherwise."""
+    """``--mask_head``: ``auto`` is MaskHeadNano for nano (and the nano-like ``tiny``), MaskHead otherwise;
+    ``dynamic`` is :class:`rfdetr.models.mask_head_dynamic.MaskHeadDynamic`."""
     if kind == "auto":
         return "nano" if size in NANO_HEAD_SIZES else "full"
-    if kind not in ("full", "nano"):
+    if kind not in MASK_HEAD_KINDS[1:]:
         raise ValueError(f"--mask_head must be one of {', '.join(MASK_HEAD_KINDS)}, got {kind!r}")
     return kind  # type: ignore[return-value]

@@ -34,12 +34,14 @@ class Segmenter(nn.Module):
 
     Args:
         detector: a detection :class:`RFDETRModel` (without its own segmentation head).
-        mask_head: :class:`MaskHead` or :class:`MaskHeadNano` built for the detector's width and depth.
+        mask_head: :class:`MaskHead`, :class:`MaskHeadNano` or
+            :class:`~rfdetr.models.mask_head_dynamic.MaskHeadDynamic` built for the detector's width and depth; a
+            head whose ``reads`` names ``"pixels"`` / ``"boxes"`` gets the input and the predicted boxes as well.
         freeze_detector: stage 2 (frozen, eval mode, no_grad) or single-stage (everything trains).
     """
 
-    def __init__(self, detector: RFDETRModel, mask_head: MaskHead | MaskHeadNano, freeze_detector: bool = True
-                 ) -> None:
+    def __init__(self, detector: RFDETRModel, mask_head: MaskHead | MaskHeadNano | nn.Module,
+                 freeze_detector: bool = True) -> None:
         super().__init__()
         if detector.segmentation_head is not None:
             raise ValueError("the detector already has a segmentation head; build it without one for a Segmenter")
@@ -81,6 +83,11 @@ class Segmenter(nn.Module):
                            enc_boxes=feats["enc_boxes"])
         return out
 
+    def _head_inputs(self, pixels: torch.Tensor, boxes: Any) -> dict[str, Any]:
+        """The extra keyword inputs the head declares in ``reads`` (none for MaskHead / MaskHeadNano)."""
+        reads = getattr(self.mask_head, "reads", ())
+        return {k: v for k, v in (("pixels", pixels), ("boxes", boxes)) if k in reads}
+
     def forward(self, pixels: torch.Tensor, detections: DetectorOutputs | None = None) -> dict[str, Any]:
         """Detections plus masks.
 
@@ -99,9 +106,11 @@ class Segmenter(nn.Module):
         layers = [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(det["logits"], det["boxes"], strict=True)]
         if not self.training:
             out: dict[str, Any] = dict(layers[-1])
-            out["pred_masks"] = self.mask_head.forward_last(det["features"], det["hs"][-1], image_size)
+            out["pred_masks"] = self.mask_head.forward_last(det["features"], det["hs"][-1], image_size,
+                                                            **self._head_inputs(pixels, det["boxes"][-1]))
             return out
-        masks = self.mask_head.forward_sparse(det["features"], list(det["hs"]), image_size)
+        masks = self.mask_head.forward_sparse(det["features"], list(det["hs"]), image_size,
+                                              **self._head_inputs(pixels, list(det["boxes"])))
         for layer, mask in zip(layers, masks, strict=True):
             layer["pred_masks"] = mask
         out = dict(layers[-1])
@@ -109,7 +118,8 @@ class Segmenter(nn.Module):
         if "enc_logits" in det:
             out["enc_outputs"] = {
                 "pred_logits": det["enc_logits"], "pred_boxes": det["enc_boxes"],
-                "pred_masks": self.mask_head.forward_encoder_sparse(det["features"], det["enc_features"], image_size),
+                "pred_masks": self.mask_head.forward_encoder_sparse(det["features"], det["enc_features"], image_size,
+                                                                    **self._head_inputs(pixels, det["enc_boxes"])),
             }
         return out
 
@@ -119,7 +129,8 @@ class Segmenter(nn.Module):
         last = feats["hs"][-1]
         boxes = apply_box_delta(self.detector.bbox_embed(last), feats["references"])
         image_size = (pixels.shape[-2], pixels.shape[-1])
-        masks = self.mask_head.forward_last(feats["features"][0], last, image_size)
+        masks = self.mask_head.forward_last(feats["features"][0], last, image_size,
+                                             **self._head_inputs(pixels, boxes))
         return boxes, self.detector.class_embed(last), masks
 
     def mask_head_state_dict(self) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rfdetr.data.image_io import read_rgb  # noqa: E402
 from rfdetr.deploy import load  # noqa: E402
 from rfdetr.deploy.metadata import sidecar_path  # noqa: E402
-from rfdetr.detr import RFDETR  # noqa: E402
+from rfdetr.detr import RFDETR, load_model  # noqa: E402
 from rfdetr.models.segmenter import Segmenter  # noqa: E402
 from tests.deploy.models import (  # noqa: E402
     NAMES,
@@ -46,10 +46,17 @@ def segmenter_pte(segmenter: RFDETR, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="module")
-def stage2_pte(tiny_stage2_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The stage-2 checkpoint exported by ``python -m rfdetr.export --format executorch``."""
+def stage2(tiny_dynamic_checkpoint: Path) -> RFDETR:
+    """The stage-2 model with MaskHeadDynamic: its image path and per-query MLPs are the ops a stage-2 file adds over
+    the single-stage segmenter (MaskHeadNano's dot product is that segmenter's own op set)."""
+    return load_model(tiny_dynamic_checkpoint, "tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def stage2_pte(tiny_dynamic_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stage-2 checkpoint (MaskHeadDynamic) exported by ``python -m rfdetr.export --format executorch``."""
     out = tmp_path_factory.mktemp("stage2_pte")
-    argv = ["--weights", str(tiny_stage2_checkpoint), "--output", str(out), "--format", "executorch"]
+    argv = ["--weights", str(tiny_dynamic_checkpoint), "--output", str(out), "--format", "executorch"]
     assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
     return out / "inference_model.pte"
 

@@ -101,6 +101,19 @@ def test_stage2_export_cli_dynamic_batch(
     assert [o.name for o in det.get_outputs()] == ["dets", "labels"]
 
 
+def test_dynamic_head_export_matches_pytorch(tiny_dynamic_checkpoint: Path, tmp_path: Path) -> None:
+    """MaskHeadDynamic (image path + per-query MLPs on box-relative coordinates) keeps the export contract: the same
+    [B, N, H/4, W/4] mask logits, in a portable graph, equal to PyTorch's."""
+    argv = ["--weights", str(tiny_dynamic_checkpoint), "--output", str(tmp_path), "--dynamic_batch"]
+    assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
+    path = tmp_path / "inference_model.onnx"
+    _assert_graph_portable(path)
+    model = load_model(tiny_dynamic_checkpoint, "tiny", device="cpu")
+    assert type(model.model.mask_head).__name__ == "MaskHeadDynamic" and model.masks
+    assert_outputs_match(model, OnnxModel(path), batch=2)
+    assert_same_detections(model, OnnxModel(path), [image(), image(40, 64, 1)])
+
+
 def test_position_embeddings_are_baked_at_another_resolution(detector: RFDETR, tmp_path: Path) -> None:
     """At 96 px the 4x4 stored grid is resized (bicubic, antialias) in eager mode; the export bakes the result."""
     path = export_onnx(detector.model, tmp_path / "m96.onnx", 96)

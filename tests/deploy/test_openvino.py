@@ -15,7 +15,7 @@ from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rfdetr.data.image_io import read_rgb  # noqa: E402
 from rfdetr.deploy import load  # noqa: E402
 from rfdetr.deploy.formats.openvino import read_metadata  # noqa: E402
-from rfdetr.detr import RFDETR  # noqa: E402
+from rfdetr.detr import RFDETR, load_model  # noqa: E402
 from rfdetr.models.segmenter import Segmenter  # noqa: E402
 from tests.deploy.models import (  # noqa: E402
     NAMES,
@@ -90,6 +90,17 @@ def test_stage2_export_cli_matches_pytorch(stage2: RFDETR, stage2_ir: Path) -> N
     assert exported.masks and exported.class_names[:3] == NAMES
     assert_outputs_match(stage2, exported)
     assert_same_detections(stage2, exported, [image(), image(40, 64, 1)])
+
+
+def test_dynamic_head_export_matches_pytorch(tiny_dynamic_checkpoint: Path, tmp_path: Path) -> None:
+    """MaskHeadDynamic's per-query MLPs (batched matmuls of generated weights) run in OpenVINO like PyTorch."""
+    argv = ["--weights", str(tiny_dynamic_checkpoint), "--output", str(tmp_path), "--format", "openvino"]
+    assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
+    model = load_model(tiny_dynamic_checkpoint, "tiny", device="cpu")
+    exported = load(tmp_path / "inference_model.xml")
+    assert exported.masks
+    assert_outputs_match(model, exported)
+    assert_same_detections(model, exported, [image(), image(40, 64, 1)])
 
 
 @pytest.mark.parametrize("which", ["segmenter", "stage2"])

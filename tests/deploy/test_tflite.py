@@ -237,13 +237,16 @@ def test_predict_on_strawberry_matches_pytorch(segmenter: RFDETR, segmenter_file
     assert_same_detections(segmenter, load(segmenter_file), [picture])
 
 
-def test_stage2_export_cli(tiny_stage2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--weights", str(tiny_stage2_checkpoint), "--output", str(tmp_path), "--format", "tflite"]
+def test_stage2_export_cli(tiny_dynamic_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The stage-2 model with MaskHeadDynamic: its image path and per-query MLPs are the ops a stage-2 file adds over
+    # the single-stage segmenter (MaskHeadNano's dot product is that segmenter's own op set).
+    argv = ["--weights", str(tiny_dynamic_checkpoint), "--output", str(tmp_path), "--format", "tflite"]
     assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
     path = tmp_path / "inference_model.tflite"
     assert capsys.readouterr().out.strip().endswith(str(path))
-    model = load_model(tiny_stage2_checkpoint, "tiny", device="cpu")
+    model = load_model(tiny_dynamic_checkpoint, "tiny", device="cpu")
     assert isinstance(model.model, Segmenter) and model.masks
+    assert type(model.model.mask_head).__name__ == "MaskHeadDynamic"
     exported = load(path)
     assert exported.masks and exported.class_names[:3] == NAMES
     assert_outputs_match(model, exported)

@@ -383,3 +383,39 @@ def test_mask_head_weights_start_the_head_from_another_run(overfit: tuple[Path, 
         job_for(stage1_run / "checkpoint_best_total.pth")
     with pytest.raises(Stage2Error, match="no such file"):
         job_for(tmp_path / "missing.pth")
+
+
+def test_dynamic_head_trains_from_the_cache_and_round_trips(four_images: Path, stage1_run: Path, tmp_path: Path
+                                                            ) -> None:
+    """``--mask_head dynamic`` with the feature cache: the head reads the real pixels (cached samples still decode
+    their image), learns the 4 images' masks, leaves the detector bit-identical, and its checkpoint loads back for
+    prediction with the same masks."""
+    argv = [*FAST, "--dataset", str(four_images), "--output", str(tmp_path / "runs"), "--stage1_run", str(stage1_run),
+            "--epochs", "25", "--seg_lr", "2e-3", "--early_stopping", "0", "--mask_head", "dynamic",
+            "--cache_features", "memory"]
+    args = train_seg_stage2.get_args_parser().parse_args(argv)
+    train_cfg, optim_cfg, loss_cfg = configs_from_args(args)
+    setup = build_job(args, train_cfg, optim_cfg, loss_cfg, CPU)
+    assert type(setup.job.model.mask_head).__name__ == "MaskHeadDynamic"
+    result = fit(setup.job, train_cfg, optim_cfg, CPU)
+    image, _ = setup.job.train_set[1]  # cached by now, and still the real image
+    assert image.any() and torch.equal(image, setup.job.train_set.dataset[1][0])
+    records = read_jsonl(result.run_dir / "log.jsonl")
+    assert max(r["val_segm_mAP50"] for r in records) >= 0.8, [round(r["val_segm_mAP50"], 3) for r in records]
+    before = extract_state_dict(load_checkpoint_file(stage1_run / "checkpoint_best_total.pth"))
+    after = load_checkpoint_file(result.run_dir / "checkpoint_best_total.pth")
+    assert after["mask_head"]["kind"] == "dynamic"
+    for key, tensor in before.items():
+        assert torch.equal(after["model"][key], tensor), f"detector tensor {key} changed"
+    model = RFDETRTiny(pretrain_weights=str(result.run_dir / "checkpoint_best_total.pth"), masks=True,
+                       resolution=RESOLUTION)
+    assert type(model.model.mask_head).__name__ == "MaskHeadDynamic"
+    picture = np.asarray(CocoDetection(four_images, "valid").load_sample(0)[0].permute(1, 2, 0))
+    first, second = model.predict(picture, threshold=0.3), model.predict(picture, threshold=0.3)
+    assert len(first) and first.mask.shape[1:] == picture.shape[:2] and np.array_equal(first.mask, second.mask)
+    setup.job.model.eval()
+    segmenter = setup.job.model
+    segmenter.load_checkpoint_state_dict(after["model"])
+    pixels = torch.randn(1, 3, RESOLUTION, RESOLUTION)
+    with torch.no_grad():
+        torch.testing.assert_close(model.model(pixels)["pred_masks"], segmenter(pixels)["pred_masks"], rtol=0, atol=0)
