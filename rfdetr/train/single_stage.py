@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from rfdetr.checkpoint import extract_state_dict, load_checkpoint_file
 from rfdetr.checkpoint.weights import resolve_weights
 from rfdetr.config import SEGMENTATION_PRESETS, TINY_SEG_CONFIG, ModelConfig
@@ -54,7 +52,7 @@ from rfdetr.train.args import (
 )
 from rfdetr.train.config import LossConfig, OptimConfig, TrainConfig
 from rfdetr.train.fit import FitResult, TrainingJob, fit
-from rfdetr.train.stage1 import build_criterion_for, build_datasets, detector_param_groups
+from rfdetr.train.stage1 import build_criterion_for, build_datasets, detector_param_groups, parameter_counts
 from rfdetr.train.stage2 import build_segmenter, eval_only, mask_head_config, split_mask_head
 from rfdetr.util.distributed import DistInfo, cleanup, init_distributed
 from rfdetr.util.run_dir import to_jsonable
@@ -85,12 +83,6 @@ def pretrained_name(args: argparse.Namespace, size: str) -> str | None:
     """``--pretrained`` resolved: None for ``none`` / empty, else a path or official name (default: the size's)."""
     name = args.pretrained if args.pretrained is not None else default_pretrained(size)
     return None if not name or name.lower() == "none" else name
-
-
-def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Trainable and frozen parameter counts, in scalars (elements)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "frozen": sum(p.numel() for p in model.parameters()) - trainable}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -86,6 +86,12 @@ def detector_param_groups(cfg: ModelConfig, optim: OptimConfig, freeze_encoder: 
     return build
 
 
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable (``requires_grad``) and frozen parameter counts, in scalars (elements), as config.json records them."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "frozen": sum(p.numel() for p in model.parameters()) - trainable}
+
+
 def detector_of(model: nn.Module) -> RFDETRModel:
     """The :class:`RFDETRModel` inside ``model`` (itself, or a Segmenter's ``detector``)."""
     detector = getattr(model, "detector", model)
@@ -148,8 +154,8 @@ def run(args: argparse.Namespace) -> FitResult | dict[str, Any]:
             train_set=train, val_set=valid, test_set=test,
             param_groups=detector_param_groups(cfg, optim_cfg, train_cfg.freeze_encoder), iou_type="bbox",
             run_prefix=f"detector_{args.size}_{cfg.resolution}",
-            config=to_jsonable({"args": vars(args), "model": cfg.to_dict(), "train": train_cfg,
-                                "optim": optim_cfg, "loss": loss_cfg, "train_scales": scales,
+            config=to_jsonable({"args": vars(args), "model": cfg.to_dict(), "parameters": parameter_counts(model),
+                                "train": train_cfg, "optim": optim_cfg, "loss": loss_cfg, "train_scales": scales,
                                 "world_size": dist_info.world_size}),
         )
         return fit(job, train_cfg, optim_cfg, dist_info)

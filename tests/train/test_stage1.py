@@ -52,6 +52,8 @@ def test_run_folder_contents(overfit_run: Path) -> None:
     assert list((overfit_run / "tb").glob("events.out.tfevents.*"))
     config = json.loads((overfit_run / "config.json").read_text())
     assert config["stage"] == "detector" and config["model"]["num_classes"] == 3
+    total = sum(p.numel() for p in build_model(TINY_CONFIG.replace(num_classes=3)).parameters())
+    assert config["parameters"]["trainable"] > 0 and sum(config["parameters"].values()) == total
     last = load_checkpoint_file(overfit_run / "checkpoint.pth")
     assert {"model", "args", "optimizer", "lr_scheduler", "ema_model", "epoch", "rng", "best"} <= set(last)
     assert last["epoch"] == 44 and last["class_names"] == ["circle", "square", "triangle"]
