@@ -14,14 +14,18 @@ Like Roboflow exports it has a placeholder parent category (id 0) that no annota
 
 from __future__ import annotations
 
-import json
+import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+
+from rfdetr.util.run_dir import write_bytes_atomic, write_json_atomic
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 PLACEHOLDER_NAME = "shapes"
@@ -65,10 +69,19 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _encode(mask: np.ndarray, polygon: list[tuple[float, float]], style: int) -> list | dict:
-    """The COCO ``segmentation`` field of one object in one of three encodings (0 polygon, 1 RLE, 2 raw RLE)."""
+def encode_segmentation(mask: np.ndarray, polygon: Sequence[tuple[float, float]] | None, style: int
+                        ) -> list | dict:
+    """The COCO ``segmentation`` field of one object in one of three encodings (0 polygon, 1 RLE, 2 raw RLE).
+
+    Args:
+        mask: bool [H, W], the object's mask (used by the RLE styles).
+        polygon: its outline as (x, y) vertices (used by style 0 only; it must rasterise to ``mask``).
+        style: 0 polygon, 1 compressed RLE (``counts`` a string), 2 uncompressed RLE (``counts`` a list of runs).
+    """
     if style == 0:
-        return [[round(v, 2) for xy in polygon for v in xy]]
+        if polygon is None:
+            raise ValueError("a polygon segmentation needs the polygon")
+        return [[round(float(v), 2) for xy in polygon for v in xy]]
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     if style == 1:
         return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
@@ -80,6 +93,49 @@ def _encode(mask: np.ndarray, polygon: list[tuple[float, float]], style: int) ->
     if flat[0] == 1:
         runs = [0] + runs
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
+
+
+def mask_bbox(mask: np.ndarray) -> list[float]:
+    """COCO ``[x, y, width, height]`` of the pixels of a non-empty bool mask [H, W] (pixel edges, so a 1-pixel mask
+    has width 1)."""
+    ys, xs = np.nonzero(mask)
+    x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def coco_categories(class_names: Sequence[str], placeholder: str = PLACEHOLDER_NAME) -> list[dict[str, Any]]:
+    """Roboflow-style categories: the unused placeholder parent (id 0, supercategory "none"), then classes 1..K."""
+    categories = [{"id": 0, "name": placeholder, "supercategory": "none"}]
+    return categories + [{"id": i + 1, "name": n, "supercategory": placeholder} for i, n in enumerate(class_names)]
+
+
+def image_file_name(split: str, index: int) -> str:
+    """File name of image ``index`` of ``split``: JPEG and PNG alternate like in real exports (PNG keeps exact pixels
+    for the overfit tests, JPEG brings compression artefacts)."""
+    return f"{split}_{index:04d}.{'png' if index % 2 else 'jpg'}"
+
+
+def save_image(img: Image.Image, path: Path) -> None:
+    """Write ``img`` to ``path`` (format from the suffix, JPEG at quality 95), atomically: never half a file."""
+    buffer = io.BytesIO()
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        img.save(buffer, format="JPEG", quality=95)
+    else:
+        img.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_coco_split(split_dir: Path, description: str, categories: list[dict[str, Any]], images: list[dict[str, Any]],
+                     annotations: list[dict[str, Any]]) -> Path:
+    """Write ``split_dir/_annotations.coco.json`` atomically (readers never see half a file) and return its path."""
+    coco = {
+        "info": {"description": description, "version": "1"},
+        "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
+        "categories": categories,
+        "images": images,
+        "annotations": annotations,
+    }
+    return write_json_atomic(split_dir / ANNOTATION_FILE, coco)
 
 
 def _render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[Image.Image, list[dict]]:
@@ -116,38 +172,27 @@ def write_synthetic_dataset(root: str | Path, spec: SyntheticSpec | None = None)
     spec = spec or SyntheticSpec()
     root = Path(root)
     rng = np.random.default_rng(spec.seed)
-    categories = [{"id": 0, "name": PLACEHOLDER_NAME, "supercategory": "none"}]
-    categories += [{"id": i + 1, "name": n, "supercategory": PLACEHOLDER_NAME} for i, n in enumerate(CLASS_NAMES)]
+    categories = coco_categories(CLASS_NAMES)
     for split, count in spec.splits:
         split_dir = root / split
         split_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for image_id in range(count):
             img, objects = _render_image(rng, spec)
-            # Mix JPEG and PNG like real exports do; PNG keeps exact pixels for the overfit tests.
-            file_name = f"{split}_{image_id:04d}.{'png' if image_id % 2 else 'jpg'}"
-            img.save(split_dir / file_name, **({"quality": 95} if file_name.endswith("jpg") else {}))
+            file_name = image_file_name(split, image_id)
+            save_image(img, split_dir / file_name)
             images.append({"id": image_id, "file_name": file_name, "width": spec.width, "height": spec.height})
             for obj in objects:
                 mask = obj["mask"]
-                ys, xs = np.nonzero(mask)
-                x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
-                style = len(annotations) % 3
                 annotations.append({
                     "id": len(annotations),
                     "image_id": image_id,
                     "category_id": obj["category"] + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "bbox": mask_bbox(mask),
                     "area": float(mask.sum()),
-                    "segmentation": _encode(mask, obj["polygon"], style),
+                    "segmentation": encode_segmentation(mask, obj["polygon"], len(annotations) % 3),
                     "iscrowd": 0,
                 })
-        coco = {
-            "info": {"description": f"RT-DETR-Seg synthetic shapes (seed {spec.seed})", "version": "1"},
-            "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
-            "categories": categories,
-            "images": images,
-            "annotations": annotations,
-        }
-        (split_dir / ANNOTATION_FILE).write_text(json.dumps(coco, indent=1))
+        write_coco_split(split_dir, f"RT-DETR-Seg synthetic shapes (seed {spec.seed})", categories, images,
+                         annotations)
     return root
