@@ -322,9 +322,16 @@ def evaluate_arm(arm: Arm, weights: Path, dataset: Path, split: str, out: Path) 
         raise BenchError(f"[{arm.name}] rfdetr.evaluate failed: {type(err).__name__}: {err}\n--- {log} ---\n"
                          f"{_tail(log)}") from None
     segm = results.get("segm")
+    where = None
+    if segm:
+        # Where masks win or lose: COCO's size ranges (stats 3-5: small < 32^2 <= medium < 96^2 <= large pixels)
+        # and each class (non-convex shapes, say) at AP50:95; -1 (no object of that size) becomes None.
+        where = {name: (value if value >= 0 else None) for name, value in
+                 zip(("small", "medium", "large"), segm["stats"][3:6], strict=True)}
+        where.update({str(k): (v if v >= 0 else None) for k, v in segm.get("per_class_AP", {}).items()})
     return {"bbox_map": results["bbox"]["mAP"], "segm_map": segm["mAP"] if segm else None,
             "segm_ap50": segm["mAP50"] if segm else None, "segm_ap75": segm["mAP75"] if segm else None,
-            "eval_images": results["images"]}
+            "segm_where": where, "eval_images": results["images"]}
 
 
 def train_and_evaluate(arm: Arm, args: argparse.Namespace, out: Path, env: dict[str, str], heldout: tuple[Path, str]
@@ -370,6 +377,17 @@ def format_table(arms: list[Arm]) -> str:
                      _num(r["segm_ap50"]), _num(r["segm_ap75"]), _num(r["train_seconds"], 1),
                      _num(r["peak_mb"], 0), "-" if r["trainable_params"] is None else f"{r['trainable_params']:,}"])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def format_where(arms: list[Arm]) -> str:
+    """Segm AP50:95 of every arm with masks by object size and by class (markdown), or "" without any."""
+    rows = [a for a in arms if a.result.get("segm_where")]
+    if not rows:
+        return ""
+    columns = list(rows[0].result["segm_where"])
+    lines = [["segm AP50:95 by", *columns], ["---"] * (len(columns) + 1)]
+    lines += [[a.name, *(_num(a.result["segm_where"].get(c), 3) for c in columns)] for a in rows]
+    return "\n".join("| " + " | ".join(row) + " |" for row in lines)
 
 
 def comparisons(arms: list[Arm]) -> tuple[list[str], bool | None]:
@@ -499,6 +517,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     print()
     print(format_table(arms))
+    where = format_where(arms)
+    if where:
+        print()
+        print(where)
     lines, same = comparisons(arms)
     print()
     for line in lines:
@@ -507,8 +529,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     print(footer(args, split, counts))
     report = {
         "arms": {a.name: {k: a.result.get(k) for k in ("kind", "from", *METRIC_KEYS, "train_seconds", "peak_mb",
-                                                       "trainable_params", "epochs", "wall_seconds", "run_dir",
-                                                       "weights", "command")} for a in arms},
+                                                       "trainable_params", "segm_where", "epochs", "wall_seconds",
+                                                       "run_dir", "weights", "command")} for a in arms},
         "bbox_equal_to_D": same,
         "heldout": {"split": split, "dataset": str(eval_root), **counts},
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

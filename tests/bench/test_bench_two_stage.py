@@ -99,7 +99,11 @@ def test_every_arm_from_one_detector(small_dataset: Path, tmp_path: Path, capsys
     assert arms["C_joint_from_D"]["trainable_params"] == detector["trainable_params"] + arms["A_nano"][
         "trainable_params"]  # tiny's auto head is MaskHeadNano
     assert arms["D_joint_from_start"]["from"] == "start"
+    for name, arm in arms.items():  # where masks differ: by size and class, for every arm with masks
+        assert (arm["segm_where"] is None) == (name == "stage1_D"), name
+        assert name == "stage1_D" or {"small", "medium", "large", "circle"} <= set(arm["segm_where"]), name
     out = capsys.readouterr().out
+    assert "| segm AP50:95 by | small | medium | large |" in out
     assert "| A_nano | stage2 | D |" in out and "| C_joint_from_D | single_stage | D |" in out
     assert "bbox mAP == D's: yes" in out
     assert "A_nano vs C_joint_from_D: train time" in out
