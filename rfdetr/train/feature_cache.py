@@ -14,7 +14,8 @@ train, valid and test splits (whose COCO image ids overlap) never share entries.
 under a folder whose ``manifest.json`` records what they were computed from (a folder made for another detector
 checkpoint, resolution or dataset is refused, never silently reused).
 
-Per image, nano at 384 px stores about 0.6 MB: features 256 x 24 x 24 and hs 2 x 300 x 256, in float16.
+Per image, nano at 384 px stores about 0.6 MB: features 256 x 24 x 24 and hs 2 x 300 x 256, in float16 (and 0.9 MB
+of pixels, 3 x 384 x 384, for a head that reads the image).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ MANIFEST = "manifest.json"
 # Which tensors of DetectorOutputs hold the batch in dim 0 (the rest are [L, B, ...]).
 _BATCH_FIRST = ("features",)
 _CACHED = ("features", "hs", "logits", "boxes")
+# The network input of a sample, kept for heads that read the image (``CachedForward(keep_pixels=True)``).
+PIXELS = "pixels"
 
 
 def _pack_target(target: Mapping[str, Any]) -> dict[str, Any]:
@@ -205,11 +208,15 @@ class CachedForward:
         store: where entries live.
         target_tags: splits (key prefixes) whose targets are stored as well, so that :class:`KeyedDataset` can skip
             their images later (``("train",)`` in stage 2).
+        keep_pixels: store each image's network input too (float16 [3, H, W]) and feed the head the stored one, for
+            heads that read the image (MaskHeadDynamic): a cached sample then still needs no decoding.
     """
 
-    def __init__(self, store: FeatureStore, target_tags: tuple[str, ...] = ("train",)) -> None:
+    def __init__(self, store: FeatureStore, target_tags: tuple[str, ...] = ("train",), keep_pixels: bool = False
+                 ) -> None:
         self.store = store
         self.target_tags = target_tags
+        self.keep_pixels = keep_pixels
 
     def __call__(self, model: nn.Module, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, Any]:
         segmenter = unwrap_model(model)
@@ -226,7 +233,15 @@ class CachedForward:
             det = segmenter.detect(images[missing])
             for j, i in enumerate(missing):
                 entries[i] = _split_batch(det, j)
+                if self.keep_pixels:
+                    entries[i][PIXELS] = images[i].to("cpu", torch.float16).contiguous()
                 keep_target = keys[i].split("/", 1)[0] in self.target_tags
                 self.store.put(keys[i], entries[i], target=targets[i] if keep_target else None)
+        if self.keep_pixels:
+            if any(PIXELS not in e for e in entries):
+                raise ValueError(f"a cached entry has no '{PIXELS}': this cache was filled for a head that does not "
+                                 "read the image; use a new --cache_features folder")
+            # Every epoch (the filling one too) sees the same stored float16 pixels, as it sees the stored features.
+            images = torch.stack([e[PIXELS] for e in entries]).to(images.device, torch.float32)
         # Through the (DDP) wrapper's forward, so that gradient synchronisation is set up as usual.
         return model(images, detections=_stack(entries, images.device))  # type: ignore[arg-type]

@@ -372,12 +372,10 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
     if args.cache_features is not None:
         directory = None if args.cache_features == "memory" else args.cache_features
         store = FeatureStore(directory, _cache_fingerprint(source, cfg, root))
-        forward = CachedForward(store)
-        # Only the training split skips its images once cached (validation images are also drawn in TensorBoard),
-        # and only when the head needs no more than the cached detector outputs (MaskHeadDynamic reads the pixels).
-        skip_images = "pixels" not in getattr(model.mask_head, "reads", ())
-        train = KeyedDataset(train, "train", store if skip_images else None)
-        valid = KeyedDataset(valid, "valid")
+        # A head that reads the image (MaskHeadDynamic) gets its pixels from the cache too, never re-decoded.
+        forward = CachedForward(store, keep_pixels="pixels" in getattr(model.mask_head, "reads", ()))
+        # Only the training split skips its images once cached: validation images are also drawn in TensorBoard.
+        train, valid = KeyedDataset(train, "train", store), KeyedDataset(valid, "valid")
         test = KeyedDataset(test, "test") if test is not None else None
     scales = (multi_scale_sizes(cfg.resolution, cfg.input_divisor, train_cfg.expanded_scales)
               if train_cfg.multi_scale and not train_cfg.do_random_resize_via_padding else [])

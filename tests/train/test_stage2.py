@@ -387,9 +387,9 @@ def test_mask_head_weights_start_the_head_from_another_run(overfit: tuple[Path, 
 
 def test_dynamic_head_trains_from_the_cache_and_round_trips(four_images: Path, stage1_run: Path, tmp_path: Path
                                                             ) -> None:
-    """``--mask_head dynamic`` with the feature cache: the head reads the real pixels (cached samples still decode
-    their image), learns the 4 images' masks, leaves the detector bit-identical, and its checkpoint loads back for
-    prediction with the same masks."""
+    """``--mask_head dynamic`` with the feature cache: the head reads the real pixels (stored in the cache with the
+    detector's outputs, so cached samples are not decoded again), learns the 4 images' masks, leaves the detector
+    bit-identical, and its checkpoint loads back for prediction with the same masks."""
     argv = [*FAST, "--dataset", str(four_images), "--output", str(tmp_path / "runs"), "--stage1_run", str(stage1_run),
             "--epochs", "25", "--seg_lr", "2e-3", "--early_stopping", "0", "--mask_head", "dynamic",
             "--cache_features", "memory"]
@@ -398,8 +398,9 @@ def test_dynamic_head_trains_from_the_cache_and_round_trips(four_images: Path, s
     setup = build_job(args, train_cfg, optim_cfg, loss_cfg, CPU)
     assert type(setup.job.model.mask_head).__name__ == "MaskHeadDynamic"
     result = fit(setup.job, train_cfg, optim_cfg, CPU)
-    image, _ = setup.job.train_set[1]  # cached by now, and still the real image
-    assert image.any() and torch.equal(image, setup.job.train_set.dataset[1][0])
+    image, target = setup.job.train_set[1]  # cached by now: a placeholder, the pixels come from the store
+    stored = setup.store.get(target["cache_key"])["pixels"]
+    assert not image.any() and torch.equal(stored, setup.job.train_set.dataset[1][0].half())
     records = read_jsonl(result.run_dir / "log.jsonl")
     assert max(r["val_segm_mAP50"] for r in records) >= 0.8, [round(r["val_segm_mAP50"], 3) for r in records]
     before = extract_state_dict(load_checkpoint_file(stage1_run / "checkpoint_best_total.pth"))
