@@ -4,6 +4,7 @@
         --checkpoint runs/detector_nano_384_1/checkpoint_3class.pth --dataset dataset/ --epochs 50 --batch 2 --accum 2
     python train_seg_stage2.py ... --augment 0 --multi_scale 0 --cache_features   # detector runs once per image
     python train_seg_stage2.py --resume runs/segmentation_nano_384_1/checkpoint.pth ...   # continue a run
+    python train_seg_stage2.py ... --eval_interval 1   # COCO evaluation every epoch (default: every 5th and the last)
 
 Every detector weight is loaded and frozen; only the mask head trains (MaskHeadNano for nano with --mask_head auto).
 Writes runs/segmentation_{size}_{resolution}_{n}/ (config.json, log.jsonl, tb/, checkpoint*.pth, results.json);

@@ -83,8 +83,8 @@ class CocoEvaluator:
         label_to_category_id: category id of each contiguous label (``CocoDetection.label_to_category_id``).
         class_names: name of each label, for the per-class APs (defaults to the JSON's category names).
         iou_types: any of ``"bbox"``, ``"segm"``; ``segm`` needs ``masks`` in the predictions.
-        max_dets: detections per image considered by COCOeval (the third maxDets slot; 100 is standard COCO,
-            upstream's training-time evaluation uses 500).
+        max_dets: detections per image and category considered by COCOeval (the third maxDets slot; 100 is
+            standard COCO, upstream's training-time evaluation uses 500).
     """
 
     def __init__(self, annotation_file: str | Path, label_to_category_id: Sequence[int],
@@ -106,6 +106,11 @@ class CocoEvaluator:
         self.class_names = list(class_names)
         self.iou_types = tuple(iou_types)
         self.max_dets = max_dets
+        # Labels whose category has at least one ground-truth object in the file (crowd ones included, to be safe).
+        # COCOeval skips a category without ground truth in every AP and AR (its entries stay -1), so detections of
+        # the others (e.g. a Roboflow export's unused placeholder category 0) cannot change any number.
+        with_gt = {int(a["category_id"]) for a in self.coco_gt.dataset.get("annotations", [])}
+        self._label_has_gt = torch.tensor([c in with_gt for c in self.label_to_category_id], dtype=torch.bool)
         self.summary = ""
         self.reset()
 
@@ -116,6 +121,41 @@ class CocoEvaluator:
         if iou_types is None:
             iou_types = IOU_TYPES if dataset.masks else ("bbox",)
         return cls(dataset.annotation_file, dataset.label_to_category_id, dataset.class_names, iou_types, max_dets)
+
+    def scorable(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Which of one image's detections can change a COCOeval number; the others need no mask (pass this as
+        :class:`rfdetr.models.PostProcess`'s ``keep``, so only these masks are pasted and RLE-encoded).
+
+        A detection cannot count when its label has no category (e.g. the head's spare "background" logit), when its
+        category has no ground truth in the file, or when it ranks below the best of its category in the image:
+        COCOeval truncates each (image, category) to its largest maxDets value (``max(10, max_dets)``: it sorts the
+        list ``[1, 10, max_dets]``) after a stable sort by descending score, which is the order of
+        ``torch.sort(stable=True)`` here. Dropping these leaves every bbox and segm number bit-identical.
+
+        Args:
+            scores: [n] detection scores of one image.
+            labels: [n] contiguous labels.
+
+        Returns:
+            [n] bool, on ``scores``' device.
+        """
+        num_labels = len(self.label_to_category_id)
+        valid = (labels >= 0) & (labels < num_labels)
+        has_gt = self._label_has_gt.to(labels.device)[labels.clamp(0, num_labels - 1)]
+        keep = valid & has_gt
+        order = torch.sort(scores, descending=True, stable=True).indices
+        sorted_labels = torch.where(keep[order], labels[order], num_labels)  # num_labels: a "dropped" bin
+        # Rank of each detection among the earlier (higher or equal, stable) ones of its label: a running count.
+        one_hot = torch.nn.functional.one_hot(sorted_labels, num_labels + 1)
+        rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1
+        in_top = torch.empty_like(keep)
+        in_top[order] = rank < max(self._max_dets_slots)
+        return keep & in_top
+
+    @property
+    def _max_dets_slots(self) -> tuple[int, int, int]:
+        """COCOeval's maxDets (it sorts them and truncates each image and category to the largest)."""
+        return (1, 10, self.max_dets)
 
     def reset(self) -> None:
         """Forget all predictions (call before each evaluation pass)."""
@@ -174,7 +214,9 @@ class CocoEvaluator:
             if masks.shape[0] and tuple(masks.shape[-2:]) != (img["height"], img["width"]):
                 raise ValueError(f"image id {image_id}: masks are {tuple(masks.shape[-2:])}, the image is "
                                  f"{(img['height'], img['width'])} (resize masks to the original size)")
-            rles = encode_masks(masks[keep].bool()) if masks.shape[0] else []
+            if not bool(keep.all()):  # evaluate() passes only scorable detections: usually no copy here
+                masks = masks[keep]
+            rles = encode_masks(masks if masks.dtype == torch.bool else masks.bool()) if masks.shape[0] else []
             out["segm"] = [{"image_id": image_id, "category_id": c, "segmentation": r, "score": s}
                            for c, r, s in zip(category_ids, rles, scores_list, strict=True)]
         return out
@@ -222,7 +264,7 @@ class CocoEvaluator:
             coco_eval = COCOeval(self.coco_gt, coco_dt, iouType=iou_type)
             coco_eval.params.imgIds = img_ids
             coco_eval.params.catIds = self.label_to_category_id
-            coco_eval.params.maxDets = [1, 10, self.max_dets]
+            coco_eval.params.maxDets = list(self._max_dets_slots)
             with _quiet():
                 coco_eval.evaluate()
                 coco_eval.accumulate()

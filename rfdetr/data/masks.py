@@ -65,6 +65,8 @@ def encode_masks(masks: torch.Tensor | np.ndarray) -> list[dict[str, Any]]:
         masks = masks[:, 0]
     if masks.ndim != 3:
         raise ValueError(f"masks must be [N, H, W] or [N, 1, H, W], got shape {masks.shape}")
-    # pycocotools wants Fortran-ordered uint8 [H, W, N].
-    rles = mask_utils.encode(np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0)))
+    # pycocotools wants Fortran-ordered uint8 [H, W, N]. A bool array is reinterpreted as uint8 in place, and masks
+    # stored as [N, W, H] (PostProcess's column_major_masks) are already in that order: no copy at all then.
+    masks = masks.view(np.uint8) if masks.dtype == np.bool_ else masks.astype(np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
     return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]

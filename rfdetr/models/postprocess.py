@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Masks are upsampled this many detections at a time to bound peak memory at large image sizes.
-MASK_UPSAMPLE_CHUNK = 32
+# Masks are upsampled this many detections at a time to bound peak memory at large image sizes (16 float32 masks of
+# 640 x 640 are 26 MB: below glibc's largest mmap threshold, so the buffer is reused rather than faulted in afresh).
+MASK_UPSAMPLE_CHUNK = 16
 
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -36,17 +39,27 @@ class PostProcess(nn.Module):
         outputs: dict[str, torch.Tensor],
         target_sizes: torch.Tensor,
         score_threshold: float | None = None,
+        keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        column_major_masks: bool = False,
     ) -> list[dict[str, torch.Tensor]]:
         """Args:
             outputs: ``pred_logits`` [B, Q, K], ``pred_boxes`` [B, Q, 4] (normalised cxcywh) and optionally
                 ``pred_masks`` [B, Q, h, w] logits.
             target_sizes: [B, 2] (height, width) of the ORIGINAL images.
             score_threshold: segmentation only: drop detections scoring <= it before the costly mask upsampling.
+            keep: ``keep(scores [n], labels [n]) -> bool [n]``, applied per image to every output (boxes too) after
+                the top-``num_select`` ranking and before the mask upsampling, e.g.
+                :meth:`rfdetr.data.coco_eval.CocoEvaluator.scorable` so that evaluation pastes only masks COCOeval
+                can count.
+            column_major_masks: return each image's masks as a transposed view of [n, 1, W, H] contiguous storage
+                (same values and shape): the Fortran order pycocotools' RLE encoder reads, so that evaluation encodes
+                without a transposing copy.
 
         Returns:
             Per image: ``scores`` [n], ``labels`` [n] (logit index, i.e. COCO id for COCO checkpoints), ``boxes``
             [n, 4] xyxy pixels clamped to the image, and ``masks`` [n, 1, H, W] bool for segmentation outputs.
-            n = num_select (fewer only with ``score_threshold`` on segmentation outputs).
+            n = num_select (fewer with ``keep``, or with ``score_threshold`` on segmentation outputs), in descending
+            score order.
         """
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         batch, _, num_logits = logits.shape
@@ -65,26 +78,37 @@ class PostProcess(nn.Module):
         results = []
         for b in range(batch):
             result = {"scores": scores[b], "labels": labels[b], "boxes": xyxy[b]}
+            queries = query[b]
+            if keep is not None:
+                selected = keep(result["scores"], result["labels"])
+                result = {k: v[selected] for k, v in result.items()}
+                queries = queries[selected]
             if "pred_masks" in outputs:
-                keep = query[b]
                 if score_threshold is not None:
-                    selected = scores[b] > score_threshold
+                    selected = result["scores"] > score_threshold
                     result = {k: v[selected] for k, v in result.items()}
-                    keep = keep[selected]
+                    queries = queries[selected]
                 size = (int(target_sizes[b, 0]), int(target_sizes[b, 1]))
-                result["masks"] = self._masks(outputs["pred_masks"][b, keep], size)
+                result["masks"] = self._masks(outputs["pred_masks"][b, queries], size, column_major_masks)
             results.append(result)
         return results
 
-    def _masks(self, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """[n, h, w] logits -> [n, 1, H, W] bool (logit > 0), bilinear to the image size if enabled."""
+    def _masks(self, mask_logits: torch.Tensor, size: tuple[int, int], column_major: bool = False) -> torch.Tensor:
+        """[n, h, w] logits -> [n, 1, H, W] bool (logit > 0), bilinear to the image size if enabled.
+
+        The chunks are thresholded straight into one preallocated output (no concatenation copy); with
+        ``column_major`` that output is stored as [n, 1, W, H] and returned transposed.
+        """
         mask_logits = mask_logits[:, None]
         if not self.upsample_masks:
             return mask_logits > 0
-        if mask_logits.shape[0] == 0:
-            return mask_logits.new_zeros((0, 1, *size), dtype=torch.bool)
-        chunks = [
-            F.interpolate(chunk, size=size, mode="bilinear", align_corners=False) > 0
-            for chunk in mask_logits.split(MASK_UPSAMPLE_CHUNK)
-        ]
-        return torch.cat(chunks)
+        count, (height, width) = mask_logits.shape[0], size
+        if column_major:
+            out = mask_logits.new_empty((count, 1, width, height), dtype=torch.bool).transpose(-1, -2)
+        else:
+            out = mask_logits.new_empty((count, 1, height, width), dtype=torch.bool)
+        for start in range(0, count, MASK_UPSAMPLE_CHUNK):
+            chunk = F.interpolate(mask_logits[start:start + MASK_UPSAMPLE_CHUNK], size=size, mode="bilinear",
+                                  align_corners=False)
+            torch.gt(chunk, 0, out=out[start:start + MASK_UPSAMPLE_CHUNK])
+        return out

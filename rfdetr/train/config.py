@@ -109,10 +109,13 @@ class TrainConfig:
     ema_decay: float = _field(0.993, "EMA decay after warm-up")
     ema_tau: float = _field(100.0, "EMA warm-up in optimizer steps: decay_t = ema_decay * (1 - exp(-t / ema_tau))")
     early_stopping: bool = _field(True, "stop when validation AP50:95 has not improved for `patience` epochs")
-    early_stopping_patience: int = _field(10, "epochs without improvement before stopping", aliases=("--patience",))
+    early_stopping_patience: int = _field(10, "epochs (not evaluations) without improvement before stopping; checked "
+                                              "at evaluations only", aliases=("--patience",))
     early_stopping_min_delta: float = _field(0.001, "smallest AP50:95 gain that counts as an improvement")
     early_stopping_use_ema: bool = _field(False, "early-stop on the EMA model's AP only (default: best of raw/EMA)")
     checkpoint_interval: int = _field(10, "also keep a numbered checkpoint every N epochs")
+    eval_interval: int = _field(1, "evaluate on valid (COCO mAP, validation pictures) every N epochs and always "
+                                   "after the last one; best checkpoints and early stopping only see those epochs")
     eval_num_select: int = _field(300, "detections kept per image in training-time evaluation")
     eval_max_dets: int = _field(500, "largest COCOeval maxDets value")
     run_test: bool = _field(True, "evaluate the best weights on the test split after training")
@@ -134,6 +137,7 @@ class TrainConfig:
         _require(self.ema_tau >= 0, "ema_tau must be >= 0")
         _require(self.early_stopping_patience >= 1, "early_stopping_patience must be >= 1")
         _require(self.checkpoint_interval >= 1, "checkpoint_interval must be >= 1")
+        _require(self.eval_interval >= 1, "eval_interval must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

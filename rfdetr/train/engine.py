@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from rfdetr.data.coco_eval import CocoEvaluator
 from rfdetr.data.transforms import resize_batch
+from rfdetr.models.postprocess import PostProcess
 from rfdetr.train.ema import ModelEMA
 from rfdetr.util.distributed import is_distributed, is_main_process, reduce_dict
 
@@ -269,10 +270,17 @@ def evaluate(
                 averages.update(logs)
         outputs = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items()}
         orig_sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        results = postprocess(outputs, orig_sizes)
-        # The head's spare last logit ("background") is not a class: its detections are not scored.
-        num_labels = len(evaluator.label_to_category_id)
-        results = [{k: v[r["labels"] < num_labels].cpu() for k, v in r.items()} for r in results]
+        if isinstance(postprocess, PostProcess):
+            # Only detections that can change a COCO number get a mask: the full-size paste and its RLE encoding
+            # are most of an evaluation's time, and the others (the spare "background" logit, categories without
+            # ground truth, beyond maxDets) score nothing.
+            results = postprocess(outputs, orig_sizes, keep=evaluator.scorable, column_major_masks=True)
+        else:
+            results = postprocess(outputs, orig_sizes)
+            # The head's spare last logit ("background") is not a class: its detections are not scored.
+            num_labels = len(evaluator.label_to_category_id)
+            results = [{k: v[r["labels"] < num_labels] for k, v in r.items()} for r in results]
+        results = [{k: v.cpu() for k, v in r.items()} for r in results]  # no copy on the CPU
         evaluator.update({int(t["image_id"]): r for t, r in zip(targets, results, strict=True)})
     evaluator.synchronize()
     metrics: dict[str, Any] = dict(evaluator.evaluate()) if is_main_process() else {}

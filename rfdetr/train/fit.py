@@ -8,7 +8,7 @@ in through a :class:`TrainingJob`.
 Files in the run folder::
 
     config.json                 written first: everything needed to reproduce the run
-    log.jsonl                   one JSON line per epoch
+    log.jsonl                   one JSON line per epoch (val_* entries on evaluated epochs only, see --eval_interval)
     tb/                         TensorBoard events (losses, learning rates, mAP, validation pictures)
     checkpoint.pth              last state, for --resume: weights, optimizer, schedule, EMA, RNG, best metrics
     checkpoint_best_regular.pth best regular weights (weights, args, class names only)
@@ -264,18 +264,32 @@ class _Fit:
             self.train_model, self.job.criterion, self.train_loader, self.optimizer, self.scheduler, self.device,
             epoch, settings, global_step=self.global_step, scaler=self.scaler, ema=self.ema, forward=self.job.forward,
             on_step=on_step)
-        metrics = self._evaluate(self.model, f"eval {epoch}")
-        ema_metrics = self._evaluate(self.ema.module, f"eval ema {epoch}") if self.ema is not None else None
-        regular = primary_metric(metrics, self.job.iou_type)
-        ema = primary_metric(ema_metrics, self.job.iou_type) if ema_metrics is not None else None
-        self._update_best(epoch, regular, ema)
-        stop = self.early.update(select_metric(regular, ema, self.cfg.early_stopping_use_ema), epoch)
-        record = self.report.record(epoch, self.global_step, self.best, train_stats, metrics, ema_metrics)
+        metrics: dict[str, Any] = {}
+        ema_metrics: dict[str, Any] | None = None
+        stop = False
+        evaluated = self.evaluates_after(epoch)
+        if evaluated:
+            metrics = self._evaluate(self.model, f"eval {epoch}")
+            ema_metrics = self._evaluate(self.ema.module, f"eval ema {epoch}") if self.ema is not None else None
+            regular = primary_metric(metrics, self.job.iou_type)
+            ema = primary_metric(ema_metrics, self.job.iou_type) if ema_metrics is not None else None
+            self._update_best(epoch, regular, ema)
+            stop = self.early.update(select_metric(regular, ema, self.cfg.early_stopping_use_ema), epoch)
+        # An epoch without evaluation still gets its log.jsonl line and training scalars (no val_* entries).
+        record = self.report.record(epoch, self.global_step, self.best, train_stats, metrics, ema_metrics, evaluated)
         self.report.scalars(epoch, self.optimizer, train_stats, metrics, ema_metrics)
-        self.report.pictures(self.ema.module if self.ema is not None else self.model, epoch)
+        if evaluated:
+            self.report.pictures(self.ema.module if self.ema is not None else self.model, epoch)
         self._save_last(epoch)
         record["stop"] = bool(broadcast_object(stop and self.cfg.early_stopping))
         return record
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) ends with an evaluation: every ``eval_interval``-th epoch and the last one.
+
+        A function of the epoch alone, so every DDP rank and a resumed run agree on it.
+        """
+        return (epoch + 1) % self.cfg.eval_interval == 0 or epoch == self.cfg.epochs - 1
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -320,15 +334,21 @@ class _Fit:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 start = time.perf_counter()
                 record = self._epoch(epoch)
-                ema_map = record.get(f"ema_val_{self.job.iou_type}_mAP")
-                logger.info("epoch %d: loss %.4f, %s mAP50:95 %.4f (ema %s), best %.4f, %.1fs", epoch,
-                            record.get("train_loss", math.nan), self.job.iou_type,
-                            record.get(f"val_{self.job.iou_type}_mAP", math.nan),
-                            "-" if ema_map is None else f"{ema_map:.4f}",
-                            max(self.best["regular"], self.best["ema"]), time.perf_counter() - start)
+                if record["evaluated"]:
+                    ema_map = record.get(f"ema_val_{self.job.iou_type}_mAP")
+                    logger.info("epoch %d: loss %.4f, %s mAP50:95 %.4f (ema %s), best %.4f, %.1fs", epoch,
+                                record.get("train_loss", math.nan), self.job.iou_type,
+                                record.get(f"val_{self.job.iou_type}_mAP", math.nan),
+                                "-" if ema_map is None else f"{ema_map:.4f}",
+                                max(self.best["regular"], self.best["ema"]), time.perf_counter() - start)
+                else:
+                    logger.info("epoch %d: loss %.4f, not evaluated (--eval_interval %d), %.1fs", epoch,
+                                record.get("train_loss", math.nan), self.cfg.eval_interval,
+                                time.perf_counter() - start)
                 if record["stop"]:
                     stopped = True
-                    logger.info("early stopping: no AP50:95 gain for %d epochs", self.cfg.early_stopping_patience)
+                    logger.info("early stopping: no AP50:95 gain for %d epochs (patience %d)", self.early.counter,
+                                self.cfg.early_stopping_patience)
                     break
         except KeyboardInterrupt:
             # Keep what the interrupted epoch learned; resuming restarts that epoch from these weights.

@@ -41,9 +41,12 @@ class EpochReport:
         self.draw, self.device, self.enabled = draw, device, enabled
 
     def record(self, epoch: int, step: int, best: dict[str, Any], train_stats: dict[str, float],
-               metrics: dict[str, Any], ema_metrics: dict[str, Any] | None) -> dict[str, Any]:
-        """The epoch's ``log.jsonl`` line (written here) and the dict :func:`fit` returns for the last epoch."""
-        record: dict[str, Any] = {"epoch": epoch, "step": step}
+               metrics: dict[str, Any], ema_metrics: dict[str, Any] | None, evaluated: bool = True) -> dict[str, Any]:
+        """The epoch's ``log.jsonl`` line (written here) and the dict :func:`fit` returns for the last epoch.
+
+        ``evaluated`` is False for an epoch that ``--eval_interval`` skipped: its line has the training entries only.
+        """
+        record: dict[str, Any] = {"epoch": epoch, "step": step, "evaluated": evaluated}
         record.update({f"train_{k}": v for k, v in train_stats.items()})
         for prefix, m in (("val", metrics), ("ema_val", ema_metrics)):
             if not m:
@@ -85,7 +88,8 @@ class EpochReport:
             with torch.no_grad():
                 images = image[None].to(self.device)
                 forward = self.job.forward or (lambda m, x, t: m(x))
-                outputs = forward(model, images, [target])
+                # Only boxes are drawn: without "pred_masks" the post-processing skips the mask upsampling.
+                outputs = {k: v for k, v in forward(model, images, [target]).items() if k != "pred_masks"}
                 h, w = image.shape[-2:]
                 det = self.job.postprocess(outputs, torch.tensor([[h, w]], device=self.device))[0]
             keep = det["scores"] > _DRAW_THRESHOLD

@@ -19,8 +19,8 @@ training the model hands its masks to the matcher and the loss in factorised for
 
 Everything else is stage 1's and stage 2's: the flags (:func:`rfdetr.train.args.add_training_arguments`), data,
 engine and :func:`rfdetr.train.fit.fit` (run folder ``{output}/seg_single_{size}_{resolution}_{n}``, config.json,
-log.jsonl, tb/, atomic checkpoints, exact resume, EMA, DDP). COCO ``bbox`` and ``segm`` are evaluated every epoch;
-"best" and early stopping follow segm AP50:95.
+log.jsonl, tb/, atomic checkpoints, exact resume, EMA, DDP). COCO ``bbox`` and ``segm`` are evaluated every epoch (every
+``--eval_interval`` epochs and after the last, if set); "best" and early stopping follow segm AP50:95.
 """
 
 from __future__ import annotations

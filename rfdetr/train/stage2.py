@@ -9,7 +9,10 @@ head's parameters reach the optimizer.
 Loss: the detector's queries are matched to the ground truth by the Hungarian matcher on class and box costs only
 (crowd annotations dropped first); the matched queries get rfdetr's point-sampled mask BCE + Dice, on the last
 decoder layer and on every earlier one (auxiliary). Class and box losses are not computed: they could not change a
-frozen detector. Evaluation each epoch is COCO ``segm`` and ``bbox``; "best" and early stopping follow segm AP50:95.
+frozen detector. Evaluation is COCO ``segm`` and ``bbox`` every ``--eval_interval`` epochs (default 5) and after the
+last epoch; "best" and early stopping follow segm AP50:95 at those epochs (``--patience`` still counts epochs). Only
+the masks COCOeval can count are pasted to full size and RLE-encoded
+(:meth:`rfdetr.data.coco_eval.CocoEvaluator.scorable`), which leaves every number unchanged.
 
 Run folder: ``{output}/segmentation_{size}_{resolution}_{n}``, with stage 1's files (see :mod:`rfdetr.train.fit`).
 Checkpoints hold every detector key verbatim plus the head's keys (``segmentation_head.*`` for MaskHead, as in rfdetr
@@ -66,8 +69,10 @@ logger = logging.getLogger(__name__)
 # Stage 2's defaults where they differ from TrainConfig / OptimConfig (the scripts' flags show them):
 # - no EMA: it would copy and average the frozen detector too, and evaluate every epoch twice;
 # - 100 detections per image in evaluation: each one carries a full-size mask to RLE-encode;
+# - evaluation every 5 epochs (and after the last): a cached epoch trains in a few seconds, and evaluating it took
+#   about as long again (issue #27); patience still counts epochs;
 # - a cosine schedule after one warm-up epoch, for a head that starts from random weights.
-STAGE2_TRAIN_DEFAULTS: dict[str, Any] = {"use_ema": False, "eval_num_select": 100}
+STAGE2_TRAIN_DEFAULTS: dict[str, Any] = {"use_ema": False, "eval_num_select": 100, "eval_interval": 5}
 STAGE2_OPTIM_DEFAULTS: dict[str, Any] = {"lr": 5e-4, "lr_scheduler": "cosine", "warmup_epochs": 1.0}
 # Looked for, in this order, in --stage1_run when --checkpoint is not given.
 STAGE1_CHECKPOINTS: tuple[str, ...] = (

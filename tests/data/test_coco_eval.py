@@ -189,3 +189,75 @@ def test_merges_across_real_ddp_ranks(synthetic_dir: Path, tmp_path: Path) -> No
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result == {"images": sorted(ids), "bbox": 1.0, "segm": 1.0}
+
+
+def _fake_outputs(target: dict[str, torch.Tensor], queries: int = 40, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Raw outputs of one image ([1, Q, ...]) for ``PostProcess``: a noisy copy of each ground-truth object (box,
+    class, 16 x 16 mask logits) followed by random queries; logits are rounded to 0.1 so that many scores tie, and
+    the spare last logit ("background") sometimes ranks high."""
+    g = torch.Generator().manual_seed(seed + int(target["image_id"]))
+    n = min(len(target["boxes"]), queries // 2)
+    logits = torch.randn(queries, 4, generator=g) * 1.5
+    boxes = torch.rand(queries, 4, generator=g) * 0.5 + 0.25
+    masks = torch.randn(queries, 16, 16, generator=g) * 2
+    logits[:n, target["labels"][:n]] += 2.0
+    boxes[:n] = (target["boxes"][:n] + torch.randn(n, 4, generator=g) * 0.01).clamp(0.01, 1)
+    gt_masks = torch.nn.functional.interpolate(target["masks"][:n, None].float(), size=(16, 16), mode="area")[:, 0]
+    masks[:n] = gt_masks * 6 - 3 + torch.randn(n, 16, 16, generator=g)
+    return {"pred_logits": (logits * 10).round()[None] / 10, "pred_boxes": boxes[None], "pred_masks": masks[None]}
+
+
+@pytest.mark.parametrize("max_dets", [3, 12, 500])
+def test_pasting_only_scorable_masks_leaves_every_number_identical(synthetic_valid: CocoDetection, max_dets: int
+                                                                   ) -> None:
+    """evaluate() pastes and encodes only the masks COCOeval can count (no category, beyond maxDets per image and
+    category), in the encoder's column-major layout: every bbox and segm number is bit-identical to scoring all
+    ``num_select`` detections the way evaluation did before (row-major masks, the spare label filtered after)."""
+    from torch import nn
+
+    from rfdetr.models import PostProcess
+    from rfdetr.train.engine import evaluate
+
+    batches = []
+    for index in range(len(synthetic_valid)):
+        _, target = synthetic_valid[index]
+        batches.append((torch.zeros(1, 3, 8, 8), [target]))
+    outputs = {int(t[0]["image_id"]): _fake_outputs(t[0]) for _, t in batches}
+
+    def forward(model: nn.Module, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> dict:
+        return outputs[int(targets[0]["image_id"])]
+
+    pasted: list[int] = []
+
+    class Counting(PostProcess):
+        def _masks(self, mask_logits: torch.Tensor, size: tuple[int, int], column_major: bool = False
+                   ) -> torch.Tensor:
+            pasted.append(len(mask_logits))
+            return super()._masks(mask_logits, size, column_major)
+
+    postprocess = Counting(num_select=60)
+    results = {}
+    for name, post in (("all", lambda o, s: postprocess(o, s)), ("scorable", postprocess)):
+        pasted.clear()
+        evaluator = CocoEvaluator.from_dataset(synthetic_valid, max_dets=max_dets)
+        results[name] = evaluate(nn.Identity(), None, post, batches, evaluator, torch.device("cpu"), forward=forward,
+                                 progress=False)
+        results[f"{name}_pasted"] = sum(pasted)
+    assert results["scorable"] == results["all"]
+    assert 0.05 < results["all"]["segm"]["mAP"] < 0.95 and 0.05 < results["all"]["bbox"]["mAP"] < 0.95
+    assert results["scorable_pasted"] < results["all_pasted"] == 60 * len(batches)
+    # COCOeval counts at most max(10, max_dets) per image and category (it sorts [1, 10, max_dets]).
+    assert results["scorable_pasted"] <= 3 * max(10, max_dets) * len(batches)
+
+
+def test_scorable_follows_cocoeval_truncation(synthetic_valid: CocoDetection) -> None:
+    """Stable descending score order within each category, the spare label and categories without ground truth
+    dropped."""
+    evaluator = CocoEvaluator.from_dataset(synthetic_valid, max_dets=12)
+    scores = torch.tensor([0.5] * 12 + [0.9, 0.7, 0.9, 0.1])
+    labels = torch.tensor([0] * 12 + [0, 3, 0, 1])
+    # label 0: the two 0.9s, then the first ten of the twelve tied 0.5s; label 1: kept; label 3: no category.
+    expected = [True] * 10 + [False, False, True, False, True, True]
+    assert evaluator.scorable(scores, labels).tolist() == expected
+    evaluator._label_has_gt[1] = False  # as for a Roboflow placeholder category
+    assert evaluator.scorable(scores, labels).tolist() == expected[:-1] + [False]

@@ -86,3 +86,18 @@ def test_validation() -> None:
         TrainConfig(grad_accum_steps=0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().epochs = 3  # type: ignore[misc]
+
+
+def test_eval_interval_defaults() -> None:
+    """Evaluation every epoch in stage 1 and single stage, every 5 in stage 2 (a cached epoch trains in seconds)."""
+    import train_detector_stage1
+    import train_seg_single_stage
+    import train_seg_stage2
+
+    assert TrainConfig().eval_interval == 1
+    assert train_detector_stage1.get_args_parser().parse_args([]).eval_interval == 1
+    assert train_seg_single_stage.get_args_parser().parse_args([]).eval_interval == 1
+    assert train_seg_stage2.get_args_parser().parse_args([]).eval_interval == 5
+    assert train_seg_stage2.get_args_parser().parse_args(["--eval-interval", "2"]).eval_interval == 2
+    with pytest.raises(ValueError, match="eval_interval"):
+        TrainConfig(eval_interval=0)

@@ -109,8 +109,10 @@ def overfit(four_images: Path, stage1_run: Path, tmp_path_factory: pytest.TempPa
 def test_overfits_masks_in_under_a_minute(overfit: tuple[Path, float]) -> None:
     run_dir, seconds = overfit
     records = read_jsonl(run_dir / "log.jsonl")
-    assert max(r["val_segm_mAP50"] for r in records) >= 0.8, [round(r["val_segm_mAP50"], 3) for r in records]
-    assert min(r["val_bbox_mAP50"] for r in records) >= 0.9  # the frozen detector does not drift
+    evaluated = [r for r in records if r["evaluated"]]  # stage 2 evaluates every 5 epochs and after the last
+    assert [r["epoch"] for r in evaluated] == [4, 9, 14, 19, 24]
+    assert max(r["val_segm_mAP50"] for r in evaluated) >= 0.8, [round(r["val_segm_mAP50"], 3) for r in evaluated]
+    assert min(r["val_bbox_mAP50"] for r in evaluated) >= 0.9  # the frozen detector does not drift
     assert records[-1]["train_loss"] < records[0]["train_loss"] * 0.5
     print(f"stage 2 overfit took {seconds:.1f}s")  # reported, not asserted: no timing asserts in tests
 
@@ -187,6 +189,31 @@ def test_resume_and_eval_only(overfit: tuple[Path, float], four_images: Path, st
                       "--eval_only") == 0
     assert "IoU metric: segm" in capsys.readouterr().out
     assert run_stage2(four_images, tmp_path / "unused", "--stage1_run", str(stage1_run), "--eval_only") == 2
+
+
+def test_eval_interval_best_checkpoint_early_stopping_and_resume(overfit: tuple[Path, float], four_images: Path,
+                                                                  stage1_run: Path, tmp_path: Path) -> None:
+    """--eval_interval 3 with a trained head and lr 0 (every evaluation scores the same): skipped epochs log
+    training only, "best" comes from an evaluated epoch, and patience counts epochs across a resume."""
+    head = overfit[0] / "checkpoint_best_total.pth"
+    common = ["--stage1_run", str(stage1_run), "--eval_interval", "3", "--seg_lr", "0", "--patience", "5",
+              "--early_stopping_min_delta", "0", "--lr_scheduler", "step", "--warmup_epochs", "0"]
+    assert run_stage2(four_images, tmp_path, *common, "--mask_head_weights", str(head), "--epochs", "5") == 0
+    (run_dir,) = tmp_path.iterdir()
+    records = read_jsonl(run_dir / "log.jsonl")
+    assert [r["evaluated"] for r in records] == [False, False, True, False, True]  # every 3rd epoch and the last
+    assert all(("val_segm_mAP" in r) == r["evaluated"] for r in records)
+    assert records[2]["val_segm_mAP"] == records[4]["val_segm_mAP"] > 0
+    last = load_checkpoint_file(run_dir / "checkpoint.pth")
+    assert last["best"]["regular_epoch"] == 2 and last["early_stopping"]["counter"] == 2  # epochs 3 and 4
+    assert load_checkpoint_file(run_dir / "checkpoint_best_regular.pth")["epoch"] == 2
+    # Resumed to 12 epochs: evaluations at 5 (counter 3) and 8 (6 >= patience 5): stops after epoch 8. Counting
+    # evaluations instead of epochs would run to the end.
+    assert run_stage2(four_images, tmp_path / "unused", *common, "--resume", str(run_dir / "checkpoint.pth"),
+                      "--epochs", "12") == 0
+    records = read_jsonl(run_dir / "log.jsonl")
+    assert [r["epoch"] for r in records if r["evaluated"]] == [2, 4, 5, 8] and records[-1]["epoch"] == 8
+    assert json.loads((run_dir / "results.json").read_text())["best"]["regular_epoch"] == 2
 
 
 def test_predict_returns_masks_at_the_original_size(overfit: tuple[Path, float], four_images: Path) -> None:

@@ -33,8 +33,29 @@ def test_state_round_trip() -> None:
         stopper.update(ap)
     resumed = EarlyStopping(patience=3)
     resumed.load_state_dict(stopper.state_dict())
-    assert resumed.state_dict() == stopper.state_dict() == {"best": 0.4, "best_epoch": None, "counter": 2}
+    assert resumed.state_dict() == stopper.state_dict() == {"best": 0.4, "best_epoch": None, "counter": 2,
+                                                            "last_epoch": None}
     assert resumed.update(0.37)  # the third miss in a row, across the resume
+
+
+def test_patience_counts_epochs_when_evaluations_are_sparse() -> None:
+    """--eval_interval 3: a miss adds the epochs since the previous evaluation, so patience stays in epochs."""
+    stopper = EarlyStopping(patience=5, min_delta=0.0)
+    assert not stopper.update(0.3, 2)  # epochs 0-2: improves
+    assert not stopper.update(0.3, 5) and stopper.counter == 3
+    resumed = EarlyStopping(patience=5, min_delta=0.0)
+    resumed.load_state_dict(stopper.state_dict())  # a resume between evaluations keeps the epoch count
+    assert resumed.update(0.2, 8) and resumed.counter == 6
+    first = EarlyStopping(patience=5, min_delta=0.0)
+    assert first.update(0.0, 4) and first.counter == 5  # the first evaluation covers epochs 0-4
+
+
+def test_state_without_last_epoch_counts_one_per_update() -> None:
+    """A checkpoint written before evaluations could be skipped (every epoch evaluated) resumes as it did."""
+    stopper = EarlyStopping(patience=3, min_delta=0.0)
+    stopper.load_state_dict({"best": 0.4, "best_epoch": 3, "counter": 1})
+    assert not stopper.update(0.3, 9) and stopper.counter == 2
+    assert stopper.update(0.3, 12) and stopper.counter == 5
 
 
 def test_select_metric() -> None:
