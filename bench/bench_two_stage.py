@@ -24,8 +24,9 @@ A and B run on the frozen D, so their bbox mAP must be D's exactly: the bench pr
 
 ``--arms`` picks a subset by name or letter (``A B C``, ``D`` or ``D'`` for D_joint_from_start, ``E`` for every new
 head); D is trained regardless. Every run uses the same seed, resolution, batch (``--accum 1``), ``--workers``,
-``--multi_scale 0``, fixed epochs, no early stopping and no EMA; stage 1 and the single-stage arms augment
-(``--augment``), the stage-2 arms cannot (their feature cache needs ``--augment 0``; ``--no_cache`` drops the cache).
+``--multi_scale 0``, fixed epochs, no early stopping, no EMA and validation after the last epoch only
+(``--eval_interval``); stage 1 and the single-stage arms augment (``--augment``), the stage-2 arms cannot (their
+feature cache needs ``--augment 0``; ``--no_cache`` drops the cache).
 ``--stage1_args`` / ``--stage2_args`` / ``--single_args`` pass more flags to those scripts (last, so they win).
 
 Held out: every arm is scored by ``rfdetr.evaluate`` (COCO bbox, and segm for models with masks, through the same
@@ -155,22 +156,29 @@ def common_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def _validate_last(epochs: int) -> list[str]:
+    """Validate only after the last epoch: nothing is chosen by validation here, so per-epoch evaluation would only
+    cost wall time (training time is measured without it anyway)."""
+    return ["--eval_interval", str(max(epochs, 1))]
+
+
 def stage1_arm(args: argparse.Namespace, start: str) -> Arm:
     argv = [*common_flags(args), "--pretrained", start, "--pretrain_exclude_keys", args.pretrain_exclude_keys,
-            "--epochs", str(args.stage1_epochs), "--augment", str(int(args.augment)), *shlex.split(args.stage1_args)]
+            "--epochs", str(args.stage1_epochs), *_validate_last(args.stage1_epochs), "--augment",
+            str(int(args.augment)), *shlex.split(args.stage1_args)]
     return Arm(DETECTOR_ARM, "stage1", "start", STAGE1, argv, args.stage1_epochs)
 
 
 def stage2_arm(args: argparse.Namespace, name: str, head: str, detector: Path) -> Arm:
     cache = [] if args.no_cache else ["--cache_features", "memory"]
     argv = [*common_flags(args), "--checkpoint", str(detector), "--mask_head", head, "--epochs", str(args.epochs),
-            "--augment", "0", *cache, *shlex.split(args.stage2_args)]
+            *_validate_last(args.epochs), "--augment", "0", *cache, *shlex.split(args.stage2_args)]
     return Arm(name, "stage2", "D", STAGE2, argv, args.epochs)
 
 
 def single_stage_arm(args: argparse.Namespace, name: str, weights: str, exclude: str, epochs: int) -> Arm:
     argv = [*common_flags(args), "--pretrained", weights, "--pretrain_exclude_keys", exclude, "--mask_head",
-            args.joint_mask_head, "--epochs", str(epochs), "--augment", str(int(args.augment)),
+            args.joint_mask_head, "--epochs", str(epochs), *_validate_last(epochs), "--augment", str(int(args.augment)),
             *shlex.split(args.single_args)]
     return Arm(name, "single_stage", "D" if name == JOINT_FROM_D else "start", SINGLE, argv, epochs)
 
