@@ -323,6 +323,7 @@ def evaluate_arm(arm: Arm, weights: Path, dataset: Path, split: str, out: Path) 
             "--no_progress"]
     print(f"[{arm.name}] python -m rfdetr.evaluate {shlex.join(argv)}", flush=True)
     log = out / "logs" / f"{arm.name}.eval.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             results = evaluate.run_evaluate(evaluate.get_args_parser().parse_args(argv))
@@ -363,6 +364,27 @@ def train_and_evaluate(arm: Arm, args: argparse.Namespace, out: Path, env: dict[
           f"{arm.result['bbox_map']:.4f}" + (f", segm {arm.result['segm_map']:.4f}" if arm.result["segm_map"]
                                               is not None else ""), flush=True)
     return last
+
+
+def reuse_detector(arm: Arm, weights: Path, out: Path, heldout: tuple[Path, str]) -> Path:
+    """``--detector``: D from an earlier bench (or stage-1) run instead of training it again; its training time and
+    parameters come from that run's folder, its scores from the same evaluation as every arm.
+
+    Raises:
+        BenchError: the file or its run folder's log.jsonl / config.json is missing.
+    """
+    if not weights.is_file():
+        raise BenchError(f"--detector {weights}: no such file (give a stage-1 run's checkpoint.pth)")
+    run_dir = weights.parent
+    arm.epochs = sum(1 for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()) if (
+        run_dir / "log.jsonl").is_file() else 0
+    if not arm.epochs or not (run_dir / "config.json").is_file():
+        raise BenchError(f"--detector {weights}: {run_dir} is not a stage-1 run folder (log.jsonl, config.json)")
+    print(f"[{arm.name}] reused: {weights} ({arm.epochs} epochs)", flush=True)
+    arm.result = {"kind": arm.kind, "from": arm.source, **read_run(run_dir, arm), "peak_mb": None,
+                  "wall_seconds": None, "run_dir": str(run_dir), "weights": str(weights), "command": "reused"}
+    arm.result.update(evaluate_arm(arm, weights, *heldout, out))
+    return weights
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -464,6 +486,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start_weights", "--start-weights", default=None,
                         help="D's (and D_joint_from_start's) starting weights: a file, an official name or 'none' "
                              "(default: assets/demo_shapes_tiny.pth for tiny, the preset's official weights otherwise)")
+    parser.add_argument("--detector", default=None,
+                        help="reuse D: a stage-1 run's checkpoint.pth (e.g. {output}/runs/stage1_D/<run>/"
+                             "checkpoint.pth of an earlier bench) instead of training it; --stage1_epochs then "
+                             "becomes that run's epoch count")
     parser.add_argument("--pretrain_exclude_keys", "--pretrain-exclude-keys", default="",
                         help="keys left out of the start weights, for D and D_joint_from_start alike (default: none)")
     parser.add_argument("--augment", type=int, choices=(0, 1), default=1,
@@ -506,7 +532,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     detector = stage1_arm(args, start)
     try:
-        weights = train_and_evaluate(detector, args, out, env, (eval_root, split))
+        if args.detector:
+            weights = reuse_detector(detector, Path(args.detector), out, (eval_root, split))
+            args.stage1_epochs = detector.epochs  # D' trains as long as D and the stage 2 arms together
+        else:
+            weights = train_and_evaluate(detector, args, out, env, (eval_root, split))
     except BenchError as err:
         if args.start_weights is None and args.size != "tiny":
             raise BenchError(f"{err}\n(D starts from {start}, the preset's official weights: without network access "

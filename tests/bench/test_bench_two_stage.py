@@ -126,3 +126,25 @@ def test_missing_dataset_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert bench.main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("bench_two_stage.py: error: --dataset") and "Traceback" not in err
+
+
+def test_detector_is_reused(small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--detector`` skips stage 1: D is an earlier run's checkpoint, scored like every arm; a file outside a run
+    folder is refused in one line."""
+    common = ["--dataset", str(small_dataset), "--size", "tiny", "--resolution", "64", "--batch", "2", "--threads",
+              "1", "--eval_split", "valid+test"]
+    first = bench.get_args_parser().parse_args([*common, "--stage1_epochs", "1", "--arms", "A", "--epochs", "1",
+                                                "--output", str(tmp_path / "first")])
+    assert bench.main(first) == 0
+    (run,) = (tmp_path / "first" / "runs" / "stage1_D").iterdir()
+    again = bench.get_args_parser().parse_args([*common, "--detector", str(run / "checkpoint.pth"), "--arms", "A",
+                                                "--epochs", "1", "--output", str(tmp_path / "again")])
+    assert bench.main(again) == 0
+    result = json.loads((tmp_path / "again" / "bench_two_stage.json").read_text())["arms"]
+    first_result = json.loads((tmp_path / "first" / "bench_two_stage.json").read_text())["arms"]
+    assert result["stage1_D"]["bbox_map"] == first_result["stage1_D"]["bbox_map"] == result["A_nano"]["bbox_map"]
+    assert not (tmp_path / "again" / "runs" / "stage1_D").exists() and "[stage1_D] reused" in capsys.readouterr().out
+    stray = tmp_path / "stray.pth"
+    stray.write_bytes((run / "checkpoint.pth").read_bytes())
+    bad = bench.get_args_parser().parse_args([*common, "--detector", str(stray), "--output", str(tmp_path / "bad")])
+    assert bench.main(bad) == 1 and "is not a stage-1 run folder" in capsys.readouterr().err
