@@ -19,6 +19,9 @@ heads' factorised logits do. Boxes are detached: in single-stage training the ma
 through the coordinates.
 
 Sizes on nano (D = 256, C = 32, hidden 8): 124,753 parameters (16 % of MaskHead), 109k of them the controller.
+Measured (README "Why two stages", tiny at 192 px): on the harder synthetic set segm mAP50:95 0.109 against 0.022
+(MaskHeadNano), 0.031 (MaskHead) and 0.055 for detector and MaskHeadNano trained jointly from the same detector, at
+0.18x joint training's time.
 """
 
 from __future__ import annotations
