@@ -241,10 +241,6 @@ class DynamicMaskLogits:
                                   self.params[batch_idx, query_idx].unsqueeze(1), self.hidden)
         return logits.view(len(batch_idx), height, width)
 
-    def at_points(self, batch_idx: torch.Tensor, query_idx: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """Logits of the selected masks at their own points [M, P, 2] -> [M, P]."""
-        return point_sample(self.selected(batch_idx, query_idx).unsqueeze(1), points).squeeze(1)
-
     def at_shared_points(self, points: torch.Tensor) -> torch.Tensor:
         # Features are bilinearly sampled; coordinates are exact at the points. Equal to sampling the dense logits
         # only where the MLP is linear, so the matcher's mask cost reads the function itself, not its interpolation.
