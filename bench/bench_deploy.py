@@ -65,7 +65,7 @@ elif impl == "torch":
     net = model_class(cfg["size"])(pretrain_weights=False, resolution=res, device="cpu").model
     run = lambda: net(x)
 elif impl == "ours":
-    from rfdetr.deploy.formats import format_for_file, load_format
+    from rfdetr.deploy.export.formats import format_for_file, load_format
     session = load_format(format_for_file(cfg["path"])).Session(cfg["path"], threads)
     pixels = x.numpy()
     run = lambda: session.run(pixels)
@@ -213,7 +213,7 @@ def accuracy_block(weights: str, dataset: str, split: str, formats: list[str], f
                    calibration: Path | None, calibration_images: int) -> str:
     """COCO mAP of ``weights``' float32 model and of its exports on ``dataset``'s ``split`` (see the module doc)."""
     from rfdetr.deploy import load
-    from rfdetr.deploy.evaluate import evaluate_predictor
+    from rfdetr.deploy.runtime.evaluate import evaluate_predictor
     from rfdetr.detr import load_model
 
     model = load_model(weights, device="cpu")
@@ -286,8 +286,8 @@ def openvino_default_precision() -> str | None:
 
 def available_formats() -> list[str]:
     """Every registered format whose packages are installed, with its float16 and INT8 variants where offered."""
-    from rfdetr.deploy.exporter import int8_formats
-    from rfdetr.deploy.formats import FORMATS
+    from rfdetr.deploy.export.exporter import int8_formats
+    from rfdetr.deploy.export.formats import FORMATS
 
     int8 = int8_formats()
     out = []

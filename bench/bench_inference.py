@@ -51,7 +51,7 @@ else:
     net = build_model(get_preset(cfg["size"]).replace(resolution=res)).eval()
     if cfg["impl"] == "onnx":
         import tempfile, onnxruntime as ort
-        from rfdetr.deploy.formats.onnx import export_onnx
+        from rfdetr.deploy.export.formats.onnx import export_onnx
         path = export_onnx(net, tempfile.mkdtemp(prefix="bench_onnx_") + "/model.onnx", res)
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = cfg["threads"], 1

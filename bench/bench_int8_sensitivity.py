@@ -6,8 +6,8 @@ Exports the model to float32 ONNX, calibrates on ``--calibration_images`` images
 for each group of layers (one ViT block, the projector, a decoder layer, the proposal heads, the box / class heads,
 the mask head) quantizes that group alone, everything else float, and prints the mean absolute change of boxes,
 scores (sigmoid of the logits) and mask probabilities on ``--held_out`` valid images, most sensitive first, then the
-same with every group INT8 (:func:`rfdetr.deploy.sensitivity.int8_sensitivity`). Without ``--weights`` it measures
-the ``tiny`` configuration with random weights (a smoke run: random weights say little about a trained model).
+same with every group INT8 (:func:`rfdetr.deploy.export.sensitivity.int8_sensitivity`). Without ``--weights`` it
+measures the ``tiny`` configuration with random weights (a smoke run: random weights say little about a trained model).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from rfdetr.deploy.calibration import calibration_arrays, calibration_files  # noqa: E402
-from rfdetr.deploy.sensitivity import int8_sensitivity  # noqa: E402
+from rfdetr.deploy.export.calibration import calibration_arrays, calibration_files  # noqa: E402
+from rfdetr.deploy.export.sensitivity import int8_sensitivity  # noqa: E402
 from rfdetr.detr import load_model  # noqa: E402
 
 

@@ -9,10 +9,11 @@ next frame, predict (nano, random weights, 384 px, batch 1, ``--threads`` thread
 frame to an MP4. The workers take turns ``--iters`` frames at a time in a rotating order for ``--rounds`` rounds, so
 they all see the same load changes of a shared machine.
 
-* ours: frames from :class:`rfdetr.deploy.sources.VideoReader`, ``predict()`` of :class:`rfdetr.detr.RFDETRNano` or of
-  an exported file through :func:`rfdetr.deploy.load`, :func:`rfdetr.deploy.visualize.render_detections`,
+* ours: frames from :class:`rfdetr.deploy.media.sources.VideoReader`, ``predict()`` of :class:`rfdetr.detr.RFDETRNano`
+  or of
+  an exported file through :func:`rfdetr.deploy.load`, :func:`rfdetr.deploy.media.visualize.render_detections`,
   ``cv2.VideoWriter`` (what ``python -m rfdetr.predict --source clip.mp4`` runs); the per-stage milliseconds of
-  :class:`rfdetr.deploy.timing.StageTimer` are printed too.
+  :class:`rfdetr.deploy.runtime.timing.StageTimer` are printed too.
 * upstream (with ``--upstream-python``, a venv with rfdetr==1.11.2): ``sv.get_video_frames_generator``,
   ``RFDETRNano.predict``, supervision's mask, box and label annotators and ``sv.VideoSink``, as its docs show.
 
@@ -73,9 +74,9 @@ if impl == "upstream":
     timer = None
 else:
     import cv2
-    from rfdetr.deploy.sources import VideoReader, VideoSource
-    from rfdetr.deploy.timing import StageTimer
-    from rfdetr.deploy.visualize import render_detections
+    from rfdetr.deploy.media.sources import VideoReader, VideoSource
+    from rfdetr.deploy.runtime.timing import StageTimer
+    from rfdetr.deploy.media.visualize import render_detections
     if impl == "torch":
         from rfdetr.detr import RFDETRNano
         model = RFDETRNano(pretrain_weights=False, resolution=res, device="cpu")
@@ -233,7 +234,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from rfdetr.deploy.formats import FORMATS
+    from rfdetr.deploy.export.formats import FORMATS
 
     formats = args.formats if args.formats is not None else [n for n, f in FORMATS.items() if not f.missing()]
     why_not_upstream = upstream_status(args.upstream_python)

@@ -1,7 +1,7 @@
 """RT-DETR-Seg: RF-DETR detection and two-stage instance segmentation.
 
 The user-facing classes (``RFDETRNano``, ``RFDETRSegNano``, ``RFDETR`` ...) live in :mod:`rfdetr.detr` and
-:class:`Detections` in :mod:`rfdetr.deploy.detections`; both are re-exported here lazily, so that
+:class:`Detections` in :mod:`rfdetr.deploy.runtime.detections`; both are re-exported here lazily, so that
 ``import rfdetr.config`` stays cheap and importing the package builds nothing.
 
 Layout: ``models/``, ``losses/``, ``data/`` (the network, its losses, COCO data and evaluation), ``checkpoint/``
@@ -14,8 +14,9 @@ the ``python -m rfdetr.<command>`` entry points. Module paths from before this l
 from __future__ import annotations
 
 from rfdetr.util import moved as _moved
+from rfdetr.version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__"]
 
 _moved.install()
 
@@ -24,7 +25,7 @@ def __getattr__(name: str) -> object:
     # Lazy re-export: importing torch and the model code only when a model class is asked for. (No ``typing`` import
     # here: it alone would double the time of ``import rfdetr``.)
     if name == "Detections":
-        from rfdetr.deploy.detections import Detections
+        from rfdetr.deploy.runtime.detections import Detections
 
         return Detections
     if name.startswith("RFDETR"):

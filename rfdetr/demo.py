@@ -40,6 +40,7 @@ from PIL import Image
 
 from rfdetr.data.synthetic import SyntheticSpec, write_synthetic_dataset
 from rfdetr.data.validate import validate_dataset
+from rfdetr.util.atomic import atomic_path
 from rfdetr.util.checklist import Checklist
 from rfdetr.util.environment import check_environment
 
@@ -115,7 +116,7 @@ def _only_run(root: Path) -> Path:
 def draw_predictions(model: Any, images: list[Path], threshold: float, scale: int = PICTURE_SCALE) -> np.ndarray:
     """The predictions on ``images`` (each enlarged ``scale`` times before predicting, so that masks are drawn at that
     size), side by side in one RGB picture [H * scale, W * scale * n, 3]."""
-    from rfdetr.deploy.visualize import render_detections
+    from rfdetr.deploy.media.visualize import render_detections
 
     panels = []
     for path in images:
@@ -186,9 +187,8 @@ def main(args: argparse.Namespace) -> int:
 
     # The model every later example uses (predict, export, video): one stable path.
     model_path = out / MODEL_FILE
-    tmp = model_path.with_name(f".{MODEL_FILE}.tmp")
-    shutil.copyfile(stage2_run / "checkpoint_best_total.pth", tmp)
-    os.replace(tmp, model_path)
+    with atomic_path(model_path) as tmp:
+        shutil.copyfile(stage2_run / "checkpoint_best_total.pth", tmp)
     results = json.loads((stage2_run / "results.json").read_text()).get("test", {})
     if results:
         segm, bbox = results["segm"], results["bbox"]

@@ -36,12 +36,12 @@ from rfdetr.checkpoint.loading import attach_mask_head, model_config_for_checkpo
 from rfdetr.checkpoint.weights import PRESET_WEIGHTS, resolve_weights
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFIG, TINY_SEG_CONFIG, ModelConfig
 from rfdetr.data.coco_classes import COCO_CLASSES
-from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.exporter import add_accuracy, export_model, onnx_options
-from rfdetr.deploy.formats import DEFAULT_INT8_IO
-from rfdetr.deploy.metadata import export_metadata
-from rfdetr.deploy.optimize import ENGINES, cached_engine, default_cache_dir, pick_engine, trace_torch
-from rfdetr.deploy.processing import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
+from rfdetr.deploy.export.exporter import add_accuracy, export_model, onnx_options
+from rfdetr.deploy.export.formats import DEFAULT_INT8_IO
+from rfdetr.deploy.export.metadata import export_metadata
+from rfdetr.deploy.runtime.detections import Detections
+from rfdetr.deploy.runtime.optimize import ENGINES, cached_engine, default_cache_dir, pick_engine, trace_torch
+from rfdetr.deploy.runtime.processing import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
     ImageInput,
     _to_chw01,
     export_outputs_to_dict,
@@ -50,8 +50,8 @@ from rfdetr.deploy.processing import (  # noqa: F401 - _to_chw01 and ImageInput 
     run_in_fixed_batches,
     to_detections,
 )
-from rfdetr.deploy.runner import ExportedModel
-from rfdetr.deploy.timing import StageTimer, timed
+from rfdetr.deploy.runtime.runner import ExportedModel
+from rfdetr.deploy.runtime.timing import StageTimer, timed
 from rfdetr.models import PostProcess, build_model
 from rfdetr.models.mask_head import MaskHeadConfig
 from rfdetr.models.segmenter import Segmenter
@@ -209,7 +209,8 @@ class RFDETR:
                 [H, W, 3] (or float in [0, 1]), or a float tensor [3, H, W] in [0, 1]; a [B, 3, H, W] tensor is a
                 batch.
             threshold: keep detections with score > threshold.
-            timer: records the ``preprocess``, ``forward`` and ``postprocess`` stages (:mod:`rfdetr.deploy.timing`).
+            timer: records the ``preprocess``, ``forward`` and ``postprocess`` stages
+                (:mod:`rfdetr.deploy.runtime.timing`).
 
         Returns:
             A :class:`Detections` per image (boxes and masks in original pixels); a list for list/batch input.
@@ -265,7 +266,7 @@ class RFDETR:
         ``compile``, traced with ``torch.jit.trace`` at ``batch_size`` x 3 x R x R. ``"onnxruntime"``,
         ``"openvino"``, ``"tflite"``: the model exported once to that runtime (``int8``: full-integer, calibrated on
         ``calibration``), the file cached beside the weights under a key of their hash and the settings, then run
-        there. ``"auto"``: on a CPU the fastest runtime installed (:data:`rfdetr.deploy.optimize.AUTO_ORDER`),
+        there. ``"auto"``: on a CPU the fastest runtime installed (:data:`rfdetr.deploy.runtime.optimize.AUTO_ORDER`),
         else PyTorch (said in one log line).
 
         Args:
@@ -280,7 +281,7 @@ class RFDETR:
             threads: the runtime's threads.
 
         Returns:
-            The installed module or :class:`~rfdetr.deploy.runner.ExportedModel`.
+            The installed module or :class:`~rfdetr.deploy.runtime.runner.ExportedModel`.
 
         Raises:
             ValueError: bad dtype, batch size or engine; ``int8`` without calibration.
@@ -338,7 +339,7 @@ class RFDETR:
         max_map_drop: float | None = None,
         int8_io: str = DEFAULT_INT8_IO,
     ) -> Path:
-        """Export the model for deployment, in any format of :data:`rfdetr.deploy.formats.FORMATS`.
+        """Export the model for deployment, in any format of :data:`rfdetr.deploy.export.formats.FORMATS`.
 
         Every file has the same contract: input [B, 3, R, R] (R = :attr:`resolution`; RGB in [0, 1], bilinearly
         resized without antialias, then normalised with the ImageNet mean / std), outputs boxes [B, Q, 4]
@@ -367,7 +368,7 @@ class RFDETR:
                 ``uint8`` (integer I/O for NPUs; tflite only; :func:`rfdetr.deploy.load` converts either way).
 
         A report (format, precision, size, latency, max output differences against this model) is written beside
-        the file as ``<file>.report.json`` (:mod:`rfdetr.deploy.report`).
+        the file as ``<file>.report.json`` (:mod:`rfdetr.deploy.export.report`).
 
         Returns:
             The path of the written file.

@@ -5,7 +5,7 @@
 
 Prints COCO's bbox (and, for models with masks, segm) summary with per-class APs and writes the same numbers as JSON
 (``--output``, default ``runs/evaluate/<weights name>_<split>.json``). The exported file runs in its own runtime through
-the same ``predict()`` as the PyTorch model (:mod:`rfdetr.deploy.evaluate`), so the two are directly comparable.
+the same ``predict()`` as the PyTorch model (:mod:`rfdetr.deploy.runtime.evaluate`), so the two are directly comparable.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
-from rfdetr.deploy.evaluate import evaluate_predictor
+from rfdetr.deploy.runtime.evaluate import evaluate_predictor
 from rfdetr.predict import load_predictor
 from rfdetr.util.cli import run_command
 from rfdetr.util.run_dir import write_json_atomic

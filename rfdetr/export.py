@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
-from rfdetr.deploy.formats import DEFAULT_INT8_IO, EXPORT_FORMATS, INT8_IO, get_format
-from rfdetr.deploy.formats.onnx import MAX_OPSET, MIN_OPSET
+from rfdetr.deploy.export.formats import DEFAULT_INT8_IO, EXPORT_FORMATS, INT8_IO, get_format
+from rfdetr.deploy.export.formats.onnx import MAX_OPSET, MIN_OPSET
 from rfdetr.util.cli import run_command
 
 

@@ -8,11 +8,11 @@
 
 ``--source`` is an image, a video (.mp4 .avi .mov .mkv .webm ...), a folder (its images and videos), a glob, a camera
 index or a stream URL (rtsp, rtmp, http, https). Images: a picture each and one COCO ``predictions.json`` in
-``--output`` (see :mod:`rfdetr.deploy.predict`). Videos, cameras and streams: an annotated ``<name>.mp4``, a
+``--output`` (see :mod:`rfdetr.deploy.media.predict`). Videos, cameras and streams: an annotated ``<name>.mp4``, a
 ``<name>.jsonl`` with a line per processed frame and a ``<name>.summary.json`` with the per-stage speed (see
-:mod:`rfdetr.deploy.video`). ``--weights`` is a checkpoint (loaded as :class:`rfdetr.detr.RFDETR`) or an exported
-file (run in its own runtime by :mod:`rfdetr.deploy.runner`). Unreadable images are skipped, counted and logged; the
-run fails (exit code 2) when nothing could be read, a camera or stream cannot be opened, or the weights cannot be
+:mod:`rfdetr.deploy.media.video`). ``--weights`` is a checkpoint (loaded as :class:`rfdetr.detr.RFDETR`) or an exported
+file (run in its own runtime by :mod:`rfdetr.deploy.runtime.runner`). Unreadable images are skipped, counted and logged;
+the run fails (exit code 2) when nothing could be read, a camera or stream cannot be opened, or the weights cannot be
 loaded.
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
-from rfdetr.deploy.formats import FORMATS
-from rfdetr.deploy.predict import Predictor, predict_images
-from rfdetr.deploy.runner import load
-from rfdetr.deploy.sources import collect_sources
+from rfdetr.deploy.export.formats import FORMATS
+from rfdetr.deploy.media.predict import Predictor, predict_images
+from rfdetr.deploy.media.sources import collect_sources
+from rfdetr.deploy.runtime.runner import load
 from rfdetr.util.cli import run_command
 
 EXPORTED_SUFFIXES = {f.suffix for f in FORMATS.values()}
@@ -89,7 +89,7 @@ def run_predict(args: argparse.Namespace) -> None:
         raise ValueError(f"--max_frames must be >= 1, got {args.max_frames}")
     images, videos = collect_sources(args.source)
     if args.track and videos:
-        from rfdetr.deploy.track import require_tracking
+        from rfdetr.deploy.media.track import require_tracking
 
         require_tracking()  # before loading the model: a missing package is the first thing to say
     model = load_predictor(args.weights, args.size, args.resolution, args.device, False if args.no_masks else None)
@@ -101,7 +101,7 @@ def run_predict(args: argparse.Namespace) -> None:
             f"(unreadable); pictures in {out}, predictions in {summary.predictions}"
         )
     if videos:
-        from rfdetr.deploy.video import predict_videos
+        from rfdetr.deploy.media.video import predict_videos
 
         # Image pictures are named after their sources' stems too; keep the videos' outputs apart from them.
         used = {p.stem for p in images}

@@ -15,7 +15,7 @@ from torchvision.ops import box_iou
 from rfdetr.data.coco import CocoDetection
 from rfdetr.data.synthetic import write_synthetic_dataset
 from rfdetr.demo import DEMO_DATA
-from rfdetr.deploy.evaluate import evaluate_predictor
+from rfdetr.deploy.runtime.evaluate import evaluate_predictor
 from rfdetr.detr import load_model
 
 # What the demo must show on every host (issue #26), with the smallest value measured on the hosts seen beside each

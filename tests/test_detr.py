@@ -75,7 +75,7 @@ def test_preset_classes_are_importable() -> None:
         assert cls.__name__ == MODEL_PRESETS[key].upstream_name
         assert getattr(rfdetr, cls.__name__) is cls and getattr(rfdetr.detr, cls.__name__) is cls
         assert issubclass(cls, RFDETR) and cls.size == key
-    assert rfdetr.Detections is rfdetr.deploy.detections.Detections
+    assert rfdetr.Detections is rfdetr.deploy.runtime.detections.Detections
     with pytest.raises(TypeError, match="preset class"):
         RFDETR(pretrain_weights=False)
     with pytest.raises(ValueError, match="multiple of patch_size"):

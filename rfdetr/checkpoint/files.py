@@ -17,7 +17,6 @@ import logging
 import os
 import pickle
 import re
-import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from rfdetr.config import ModelConfig
+from rfdetr.util.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -256,36 +256,6 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
     Returns:
         The destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _unique_temp_path(path, ".tmp")
-    try:
-        with open(tmp, "xb") as f:  # "x": never clobber; plain open keeps the umask-based file mode
-            torch.save(dict(obj), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _unique_temp_path(dest: Path, suffix: str) -> Path:
-    """A fresh hidden file name next to ``dest`` (same folder, so ``os.replace`` onto ``dest`` is atomic)."""
-    return dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (e.g. Windows), where it is skipped.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_path(path, durable=True) as tmp, open(tmp, "xb") as f:
+        torch.save(dict(obj), f)
+    return Path(path)

@@ -13,11 +13,12 @@ import logging
 import os
 import urllib.error
 import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from rfdetr.util.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +137,8 @@ def download(
             or md5 mismatch.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
     digest = hashlib.md5()
-    try:
+    with atomic_path(dest, durable=True) as tmp:
         with open(tmp, "xb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -158,18 +157,12 @@ def download(
                 raise WeightsDownloadError(
                     f"downloading {url} failed: {reason}. {_manual_hint(url, dest)}"
                 ) from err
-            out.flush()
-            os.fsync(out.fileno())
         got = digest.hexdigest()
         if md5 is not None and got.lower() != md5.lower():
             raise WeightsDownloadError(
                 f"md5 mismatch for {url}: expected {md5.lower()}, got {got} (the download was deleted). "
                 f"{_manual_hint(url, dest)}"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     logger.info("downloaded %s to %s", url, dest)
     return dest
 

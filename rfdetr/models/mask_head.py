@@ -30,73 +30,35 @@ peak memory growth of 439 MB and 81 MB; the same detector trained together with 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rfdetr.losses.mask_logits import SparseMaskLogits
+from rfdetr.models.mask_head_config import (
+    KEY_PREFIXES,
+    MASK_HEAD_KINDS,
+    NANO_HEAD_SIZES,
+    NANO_WIDTH,
+    MaskHeadConfig,
+    MaskHeadKind,
+    resolve_mask_head_kind,
+)
+from rfdetr.models.mask_head_dynamic import MaskHeadDynamic
 from rfdetr.models.segmentation_head import DepthwiseConvBlock, SegmentationHead
 
 __all__ = [
-    "MASK_HEAD_KINDS", "MaskHead", "MaskHeadConfig", "MaskHeadNano", "build_mask_head", "resolve_mask_head_kind",
+    "KEY_PREFIXES", "MASK_HEAD_KINDS", "NANO_HEAD_SIZES", "NANO_WIDTH", "MaskHead", "MaskHeadConfig", "MaskHeadKind",
+    "MaskHeadNano", "build_mask_head", "resolve_mask_head_kind",
 ]
-
-MaskHeadKind = Literal["full", "nano", "dynamic"]
-MASK_HEAD_KINDS: tuple[str, ...] = ("auto", "full", "nano", "dynamic")
-# Model sizes for which ``--mask_head auto`` picks MaskHeadNano ("tiny" is the CPU test config, nano-like).
-NANO_HEAD_SIZES: tuple[str, ...] = ("nano", "tiny")
-NANO_WIDTH = 32
-
 
 def _dot_masks(pixel_embed: torch.Tensor, query_embed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """pixel_embed [B, C, h, w], query_embed [B, N, C] -> mask logits [B, N, h, w]."""
     batch, dim, height, width = pixel_embed.shape
     logits = torch.bmm(query_embed, pixel_embed.reshape(batch, dim, height * width))
     return logits.view(batch, -1, height, width) + bias
-
-
-@dataclass(frozen=True)
-class MaskHeadConfig:
-    """Everything needed to rebuild a mask head; stored as ``mask_head`` in stage-2 checkpoints.
-
-    Attributes:
-        kind: ``"full"`` (:class:`MaskHead`), ``"nano"`` (:class:`MaskHeadNano`) or ``"dynamic"``
-            (:class:`rfdetr.models.mask_head_dynamic.MaskHeadDynamic`).
-        dim: D, the detector's hidden width (projector map and queries).
-        num_layers: decoder layers L whose queries get masks.
-        width: MaskHeadNano's interaction width C, MaskHeadDynamic's pixel-path width (MaskHead works at D).
-        downsample_ratio: masks are at (H // ratio, W // ratio) of the network input.
-    """
-
-    kind: MaskHeadKind
-    dim: int
-    num_layers: int
-    width: int = NANO_WIDTH
-    downsample_ratio: int = 4
-
-    def __post_init__(self) -> None:
-        if self.kind not in MASK_HEAD_KINDS[1:]:
-            raise ValueError(f"mask head kind must be one of {', '.join(MASK_HEAD_KINDS[1:])}, got {self.kind!r}")
-        if min(self.dim, self.num_layers, self.width, self.downsample_ratio) < 1:
-            raise ValueError(f"mask head sizes must be >= 1, got {self}")
-
-    @property
-    def key_prefix(self) -> str:
-        """Prefix of the head's tensors in checkpoints."""
-        # MaskHeadDynamic shares nano's prefix: the recorded kind, not the prefix, says which head it is.
-        return MaskHead.key_prefix if self.kind == "full" else MaskHeadNano.key_prefix
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "key_prefix": self.key_prefix}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MaskHeadConfig:
-        """Inverse of :meth:`to_dict` (unknown keys such as ``key_prefix`` are ignored)."""
-        names = {"kind", "dim", "num_layers", "width", "downsample_ratio"}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class MaskHead(SegmentationHead):
@@ -110,7 +72,7 @@ class MaskHead(SegmentationHead):
     """
 
     kind: ClassVar[str] = "full"
-    key_prefix: ClassVar[str] = "segmentation_head."
+    key_prefix: ClassVar[str] = KEY_PREFIXES["full"]
 
     def __init__(self, dim: int, num_layers: int, downsample_ratio: int = 4) -> None:
         super().__init__(dim, num_layers, downsample_ratio)
@@ -128,7 +90,7 @@ class MaskHeadNano(nn.Module):
     """
 
     kind: ClassVar[str] = "nano"
-    key_prefix: ClassVar[str] = "mask_head."
+    key_prefix: ClassVar[str] = KEY_PREFIXES["nano"]
 
     def __init__(self, dim: int, num_layers: int, width: int = NANO_WIDTH, downsample_ratio: int = 4) -> None:
         super().__init__()
@@ -187,17 +149,5 @@ def build_mask_head(cfg: MaskHeadConfig) -> nn.Module:
     if cfg.kind == "full":
         return MaskHead(cfg.dim, cfg.num_layers, cfg.downsample_ratio)
     if cfg.kind == "dynamic":
-        from rfdetr.models.mask_head_dynamic import MaskHeadDynamic  # that module imports this one's config
-
         return MaskHeadDynamic(cfg.dim, cfg.num_layers, cfg.width, cfg.downsample_ratio)
     return MaskHeadNano(cfg.dim, cfg.num_layers, cfg.width, cfg.downsample_ratio)
-
-
-def resolve_mask_head_kind(kind: str, size: str) -> MaskHeadKind:
-    """``--mask_head``: ``auto`` is MaskHeadNano for nano (and the nano-like ``tiny``), MaskHead otherwise;
-    ``dynamic`` is :class:`rfdetr.models.mask_head_dynamic.MaskHeadDynamic`."""
-    if kind == "auto":
-        return "nano" if size in NANO_HEAD_SIZES else "full"
-    if kind not in MASK_HEAD_KINDS[1:]:
-        raise ValueError(f"--mask_head must be one of {', '.join(MASK_HEAD_KINDS)}, got {kind!r}")
-    return kind  # type: ignore[return-value]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rfdetr.losses.mask_logits import DynamicMaskLogits, dynamic_param_count
-from rfdetr.models.mask_head import MaskHeadConfig
+from rfdetr.models.mask_head_config import KEY_PREFIXES, MaskHeadConfig
 from rfdetr.models.segmentation_head import DepthwiseConvBlock
 
 __all__ = ["DYNAMIC_HIDDEN", "DYNAMIC_MASK_CHANNELS", "MaskHeadDynamic"]
@@ -55,7 +55,7 @@ class MaskHeadDynamic(nn.Module):
     """
 
     kind: ClassVar[str] = "dynamic"
-    key_prefix: ClassVar[str] = "mask_head."
+    key_prefix: ClassVar[str] = KEY_PREFIXES["dynamic"]
     # What the Segmenter must pass besides the detector's features and queries.
     reads: ClassVar[tuple[str, ...]] = ("pixels", "boxes")
 

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rfdetr.models.segmenter import DetectorOutputs
+from rfdetr.util.atomic import atomic_path
 from rfdetr.util.distributed import unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -141,9 +142,8 @@ class FeatureStore:
         return self.directory / (key.replace("/", "_") + suffix)
 
     def _save(self, obj: Any, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)  # atomic: an interrupted run never leaves half an entry
+        with atomic_path(path) as tmp:  # an interrupted run never leaves half an entry
+            torch.save(obj, tmp)
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
         """The entry of one image (float16 tensors without a batch dimension), or None."""

@@ -2,7 +2,9 @@
 
 The package was regrouped by job (training under ``rfdetr.train``, deployment under ``rfdetr.deploy``, checkpoints
 under ``rfdetr.checkpoint``). Importing an old path gives the module at its new place, with a ``DeprecationWarning``
-that names it. The finder is consulted only after the regular ones fail, and only for the names below.
+that names it. The finder claims only the names below, and it is consulted first: an old path inside a moved package
+(``rfdetr.deploy.formats.onnx``) would otherwise be found again through the new package's folder and run a second
+copy of the module.
 """
 
 from __future__ import annotations
@@ -16,14 +18,37 @@ from types import ModuleType
 # old path -> new path
 MOVED_MODULES: dict[str, str] = {
     "rfdetr.cli": "rfdetr.train.args",
-    "rfdetr.detections": "rfdetr.deploy.detections",
+    "rfdetr.deploy.calibration": "rfdetr.deploy.export.calibration",
+    "rfdetr.deploy.detections": "rfdetr.deploy.runtime.detections",
+    "rfdetr.deploy.evaluate": "rfdetr.deploy.runtime.evaluate",
+    "rfdetr.deploy.exporter": "rfdetr.deploy.export.exporter",
+    "rfdetr.deploy.formats": "rfdetr.deploy.export.formats",
+    "rfdetr.deploy.formats.executorch": "rfdetr.deploy.export.formats.executorch",
+    "rfdetr.deploy.formats.onnx": "rfdetr.deploy.export.formats.onnx",
+    "rfdetr.deploy.formats.openvino": "rfdetr.deploy.export.formats.openvino",
+    "rfdetr.deploy.formats.tflite": "rfdetr.deploy.export.formats.tflite",
+    "rfdetr.deploy.formats.tflite_int8": "rfdetr.deploy.export.formats.tflite_int8",
+    "rfdetr.deploy.graph": "rfdetr.deploy.export.graph",
+    "rfdetr.deploy.metadata": "rfdetr.deploy.export.metadata",
+    "rfdetr.deploy.optimize": "rfdetr.deploy.runtime.optimize",
+    "rfdetr.deploy.predict": "rfdetr.deploy.media.predict",
+    "rfdetr.deploy.processing": "rfdetr.deploy.runtime.processing",
+    "rfdetr.deploy.report": "rfdetr.deploy.export.report",
+    "rfdetr.deploy.runner": "rfdetr.deploy.runtime.runner",
+    "rfdetr.deploy.sensitivity": "rfdetr.deploy.export.sensitivity",
+    "rfdetr.deploy.sources": "rfdetr.deploy.media.sources",
+    "rfdetr.deploy.timing": "rfdetr.deploy.runtime.timing",
+    "rfdetr.deploy.track": "rfdetr.deploy.media.track",
+    "rfdetr.deploy.video": "rfdetr.deploy.media.video",
+    "rfdetr.deploy.visualize": "rfdetr.deploy.media.visualize",
+    "rfdetr.detections": "rfdetr.deploy.runtime.detections",
     "rfdetr.ema": "rfdetr.train.ema",
     "rfdetr.engine": "rfdetr.train.engine",
     "rfdetr.evaluation": "rfdetr.data.coco_eval",
     "rfdetr.feature_cache": "rfdetr.train.feature_cache",
-    "rfdetr.inference": "rfdetr.deploy.processing",
-    "rfdetr.onnx_export": "rfdetr.deploy.formats.onnx",
-    "rfdetr.onnx_model": "rfdetr.deploy.runner",
+    "rfdetr.inference": "rfdetr.deploy.runtime.processing",
+    "rfdetr.onnx_export": "rfdetr.deploy.export.formats.onnx",
+    "rfdetr.onnx_model": "rfdetr.deploy.runtime.runner",
     "rfdetr.optim": "rfdetr.train.optim",
     "rfdetr.single_stage": "rfdetr.train.single_stage",
     "rfdetr.stage1": "rfdetr.train.stage1",
@@ -31,7 +56,7 @@ MOVED_MODULES: dict[str, str] = {
     "rfdetr.surgery": "rfdetr.checkpoint.surgery",
     "rfdetr.train_config": "rfdetr.train.config",
     "rfdetr.training": "rfdetr.train.fit",
-    "rfdetr.visualize": "rfdetr.deploy.visualize",
+    "rfdetr.visualize": "rfdetr.deploy.media.visualize",
     "rfdetr.weights": "rfdetr.checkpoint.weights",
 }
 
@@ -67,6 +92,6 @@ class _MovedModuleFinder:
 
 
 def install() -> None:
-    """Add the finder once, after the regular finders."""
+    """Add the finder once, before the regular finders (it answers only for :data:`MOVED_MODULES`)."""
     if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
-        sys.meta_path.append(_MovedModuleFinder())
+        sys.meta_path.insert(0, _MovedModuleFinder())

@@ -14,10 +14,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from rfdetr.util.atomic import atomic_path, write_bytes_atomic
+
+__all__ = ["CONFIG_FILE", "create_run_dir", "to_jsonable", "write_bytes_atomic", "write_config", "write_json_atomic"]
 
 CONFIG_FILE = "config.json"
 
@@ -67,32 +70,12 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON via a temporary file and ``os.replace``: readers never see a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(to_jsonable(data), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` via a temporary file beside ``path`` and ``os.replace``: ``path`` is whole or absent."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` as indented JSON (values made plain by :func:`to_jsonable`) through
+    :func:`~rfdetr.util.atomic.atomic_path`: readers never see a partial file."""
+    with atomic_path(path) as tmp, open(tmp, "x", encoding="utf-8") as f:
+        json.dump(to_jsonable(data), f, indent=2)
+        f.write("\n")
+    return Path(path)
 
 
 def write_config(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> Path:

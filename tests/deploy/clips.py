@@ -18,8 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.timing import StageTimer, timed
+from rfdetr.deploy.runtime.detections import Detections
+from rfdetr.deploy.runtime.timing import StageTimer, timed
 
 WIDTH, HEIGHT, FPS = 160, 120, 10.0
 CLASS_NAMES = ["circle", "square"]

@@ -2,8 +2,8 @@
 
 Each format's test module exports :func:`tiny_detector`, :func:`tiny_segmenter` (rfdetr's single-stage segmentation
 head) and the tiny stage-2 model (detector + MaskHeadNano, from the ``tiny_stage2_checkpoint`` fixture), runs the
-file in its runtime through :class:`rfdetr.deploy.runner.ExportedModel` and calls :func:`assert_outputs_match` and
-:func:`assert_same_detections`.
+file in its runtime through :class:`rfdetr.deploy.runtime.runner.ExportedModel` and calls :func:`assert_outputs_match`
+and :func:`assert_same_detections`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from rfdetr.deploy.processing import class_name, load_images, preprocess
-from rfdetr.deploy.runner import ExportedModel
+from rfdetr.deploy.runtime.processing import class_name, load_images, preprocess
+from rfdetr.deploy.runtime.runner import ExportedModel
 from rfdetr.detr import RFDETR, RFDETRTiny
 from rfdetr.models.postprocess import box_cxcywh_to_xyxy
 from tests.tolerances import (

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from rfdetr.deploy.detections import Detections
+from rfdetr.deploy.runtime.detections import Detections
 
 sv = pytest.importorskip("supervision", reason="needs supervision (pip install 'rtdetr-seg[video]')")
 

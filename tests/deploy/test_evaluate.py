@@ -11,8 +11,8 @@ import pytest
 
 from rfdetr import evaluate as evaluate_cli
 from rfdetr.data.coco import CocoDetection
-from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.evaluate import evaluate_predictor, label_mapping
+from rfdetr.deploy.runtime.detections import Detections
+from rfdetr.deploy.runtime.evaluate import evaluate_predictor, label_mapping
 from rfdetr.detr import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

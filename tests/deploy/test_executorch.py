@@ -21,7 +21,7 @@ from rfdetr import export as export_cli  # noqa: E402
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rfdetr.data.image_io import read_rgb  # noqa: E402
 from rfdetr.deploy import load  # noqa: E402
-from rfdetr.deploy.metadata import sidecar_path  # noqa: E402
+from rfdetr.deploy.export.metadata import sidecar_path  # noqa: E402
 from rfdetr.detr import RFDETR, load_model  # noqa: E402
 from rfdetr.models.segmenter import Segmenter  # noqa: E402
 from tests.deploy.models import (  # noqa: E402
@@ -126,7 +126,7 @@ def test_failed_export_leaves_no_files(detector: RFDETR, tmp_path: Path, monkeyp
     """The program is written, then the metadata write fails: neither file is left (lowering is faked: it is slow)."""
     import executorch.exir
 
-    from rfdetr.deploy.formats import executorch as et_format
+    from rfdetr.deploy.export.formats import executorch as et_format
 
     class Lowered:
         def to_executorch(self) -> object:
@@ -147,7 +147,7 @@ _THREADPOOL_SCRIPT = """
 import logging, sys
 import numpy as np
 from executorch.extension.pybindings import portable_lib
-from rfdetr.deploy.formats.executorch import Session
+from rfdetr.deploy.export.formats.executorch import Session
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
 first = Session(sys.argv[1], threads=1)
 print("pool", portable_lib._threadpool_get_thread_count())

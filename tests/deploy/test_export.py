@@ -16,8 +16,8 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxrunt
 
 from rfdetr import export as export_cli  # noqa: E402
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from rfdetr.deploy.formats.onnx import check_onnx_graph, export_onnx, read_metadata  # noqa: E402
-from rfdetr.deploy.runner import OnnxModel  # noqa: E402
+from rfdetr.deploy.export.formats.onnx import check_onnx_graph, export_onnx, read_metadata  # noqa: E402
+from rfdetr.deploy.runtime.runner import OnnxModel  # noqa: E402
 from rfdetr.detr import RFDETR, load_model  # noqa: E402
 from rfdetr.models.segmenter import Segmenter  # noqa: E402
 from tests.deploy.models import (  # noqa: E402
@@ -179,6 +179,6 @@ def test_simplify_uses_onnxsim_when_installed(
     monkeypatch.setitem(sys.modules, "onnxsim", types.SimpleNamespace(simplify=simplify))
     assert detector.export(tmp_path / "a", simplify=True).is_file() and len(calls) == 1
     monkeypatch.setitem(sys.modules, "onnxsim", None)  # not installed: logged, the exported graph is kept
-    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.formats.onnx"):
+    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.export.formats.onnx"):
         assert detector.export(tmp_path / "b", simplify=True).is_file()
     assert "onnxsim is not installed" in caplog.text

@@ -15,10 +15,10 @@ from torchvision.ops import box_iou
 from rfdetr import export as export_cli
 from rfdetr.deploy import load
 from rfdetr.deploy import optimize as optimize_module
-from rfdetr.deploy.exporter import int8_formats
-from rfdetr.deploy.formats import FORMATS
-from rfdetr.deploy.report import load_report, report_path
-from rfdetr.deploy.runner import ExportedModel
+from rfdetr.deploy.export.exporter import int8_formats
+from rfdetr.deploy.export.formats import FORMATS
+from rfdetr.deploy.export.report import load_report, report_path
+from rfdetr.deploy.runtime.runner import ExportedModel
 from rfdetr.detr import RFDETR, load_model
 from tests.deploy.models import assert_same_detections, export_outputs, image, pixels_of, ranked, tiny_detector
 from tests.tolerances import INT8_MASK_LOGIT_BOUND, INT8_SCORE_BOUND
@@ -43,7 +43,7 @@ def _test_images(dataset: Path) -> list[np.ndarray]:
 # type, 0.225, and SmoothQuant, 0.46); TFLite (PT2E, int8 activations, proposal heads and projector float, XNNPACK) up
 # to 0.013, 0.005 at the median. 0.05 leaves room for another calibration draw and still fails the 0.39 of the file
 # with only the proposal heads float (one image whose near-tied proposals XNNPACK's rounding swaps;
-# rfdetr.deploy.formats.tflite_int8.FLOAT_MODULES).
+# rfdetr.deploy.export.formats.tflite_int8.FLOAT_MODULES).
 
 
 def assert_same_top_detections(float_model: RFDETR, int8_model: ExportedModel, images: list[np.ndarray],
@@ -140,7 +140,7 @@ def test_optimize_auto_uses_a_cached_runtime_file(tmp_path: Path, caplog: pytest
     model = tiny_detector()
     pictures = [image(), image(40, 64, 1)]
     expected = model.predict(pictures, threshold=0.0)
-    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.optimize"):
+    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.runtime.optimize"):
         engine = model.optimize_for_inference(engine="auto", cache_dir=tmp_path)
     installed = [e for e in optimize_module.AUTO_ORDER if optimize_module.ENGINES[e] in FORMATS]
     assert engine.format.name == optimize_module.ENGINES[installed[0]]  # the first (fastest) installed runtime
@@ -153,7 +153,7 @@ def test_optimize_auto_uses_a_cached_runtime_file(tmp_path: Path, caplog: pytest
         np.testing.assert_allclose(b.confidence, a.confidence, atol=1e-4)
         np.testing.assert_array_equal(b.class_id[:10], a.class_id[:10])
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.optimize"):
+    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.runtime.optimize"):
         model.optimize_for_inference(engine="auto", cache_dir=tmp_path)
     assert "using the cached" in caplog.text  # exported once, keyed by the weights' hash and the settings
     model.remove_optimized_model()
@@ -165,7 +165,7 @@ def test_optimize_auto_falls_back_to_pytorch(monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
     model = tiny_detector()
     monkeypatch.setattr(optimize_module, "AUTO_ORDER", ())  # as if no runtime were installed
-    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.optimize"):
+    with caplog.at_level(logging.INFO, logger="rfdetr.deploy.runtime.optimize"):
         module = model.optimize_for_inference(engine="auto")
     assert isinstance(module, torch.nn.Module) and model._engine is None
     assert len([r for r in caplog.records if "no export runtime is installed" in r.message]) == 1

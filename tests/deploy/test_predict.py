@@ -15,8 +15,8 @@ from pycocotools.coco import COCO
 
 from rfdetr import predict as predict_cli
 from rfdetr.data.image_io import read_rgb
-from rfdetr.deploy.predict import collect_images, detections_to_coco
-from rfdetr.deploy.visualize import render_detections
+from rfdetr.deploy.media.predict import collect_images, detections_to_coco
+from rfdetr.deploy.media.visualize import render_detections
 from rfdetr.detr import RFDETR, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,7 +59,7 @@ def test_predict_picture_and_coco_json_on_strawberry(
     threshold = _top3_threshold(model, image)
     out = tmp_path / "out"
     weights = ["--weights", str(tiny_stage2_checkpoint), "--size", "tiny"]
-    with caplog.at_level(logging.WARNING, logger="rfdetr.deploy.predict"):
+    with caplog.at_level(logging.WARNING, logger="rfdetr.deploy.media.predict"):
         code = _run([*weights, "--source", str(source), "--output", str(out), "--threshold", str(threshold)])
     assert code == 0
     assert "1 images, 3 detections, 1 skipped" in capsys.readouterr().out
@@ -153,7 +153,7 @@ def test_predict_errors(tiny_stage2_checkpoint: Path, tmp_path: Path, capsys: py
 
 
 def test_detections_to_coco_without_masks() -> None:
-    from rfdetr.deploy.detections import Detections
+    from rfdetr.deploy.runtime.detections import Detections
 
     dets = Detections(np.array([[1.0, 2.0, 11.0, 7.0]]), np.array([0.75]), np.array([2]), ["b"])
     assert detections_to_coco(dets, image_id=4, first_id=9) == [

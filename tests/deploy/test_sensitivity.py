@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rfdetr.deploy.sensitivity import int8_sensitivity, node_group, output_errors, quantizable_groups
+from rfdetr.deploy.export.sensitivity import int8_sensitivity, node_group, output_errors, quantizable_groups
 from tests.deploy.models import tiny_segmenter
 
 pytest.importorskip("onnxruntime")
@@ -60,7 +60,7 @@ def test_int8_keeps_the_proposal_heads_in_float(tmp_path: Path) -> None:
     """By default the two-stage proposal heads (FLOAT_GROUPS) stay float; every other matrix product is INT8."""
     import onnx
 
-    from rfdetr.deploy.formats.onnx import FLOAT_GROUPS, quantize
+    from rfdetr.deploy.export.formats.onnx import FLOAT_GROUPS, quantize
 
     path = tiny_segmenter().export(tmp_path, format="onnx")
     inputs = [np.random.default_rng(i).standard_normal((1, 3, 64, 64)).astype(np.float32) for i in range(2)]

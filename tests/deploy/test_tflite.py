@@ -31,7 +31,7 @@ from rfdetr import export as export_cli  # noqa: E402
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rfdetr.data.image_io import read_rgb  # noqa: E402
 from rfdetr.deploy import load  # noqa: E402
-from rfdetr.deploy.formats import tflite  # noqa: E402
+from rfdetr.deploy.export.formats import tflite  # noqa: E402
 from rfdetr.detr import RFDETR, RFDETRSegPreview, load_model  # noqa: E402
 from rfdetr.models.segmenter import Segmenter  # noqa: E402
 from tests.deploy.models import (  # noqa: E402

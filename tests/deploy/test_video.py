@@ -15,9 +15,9 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from rfdetr import predict as predict_cli
-from rfdetr.deploy.sources import VideoSource, collect_sources
-from rfdetr.deploy.timing import StageTimer
-from rfdetr.deploy.video import frame_record
+from rfdetr.deploy.media.sources import VideoSource, collect_sources
+from rfdetr.deploy.media.video import frame_record
+from rfdetr.deploy.runtime.timing import StageTimer
 from rfdetr.detr import load_model
 from tests.deploy.clips import FPS, HEIGHT, WIDTH, ShapeStub, clip_frame, serve, shape_masks, write_clip
 
@@ -157,7 +157,7 @@ def test_truncated_videos(stub: ShapeStub, tmp_path: Path, caplog: pytest.LogCap
     cut = tmp_path / "cut.avi"
     cut.write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="rfdetr.deploy.video"):
+    with caplog.at_level(logging.WARNING, logger="rfdetr.deploy.media.video"):
         assert _stub_run(cut, out) == 0
     summary = json.loads((out / "cut.summary.json").read_text())
     assert summary["ended"] == "truncated" and 0 < summary["frames_processed"] < 20
@@ -204,7 +204,7 @@ def test_http_stream_and_a_stream_that_drops(stub: ShapeStub, clip: Path, tmp_pa
     folder = tmp_path / "served"
     folder.mkdir()
     write_clip(folder / "live.avi", frames=20)
-    with serve(folder, drop_halfway=True) as base, caplog.at_level(logging.WARNING, logger="rfdetr.deploy.video"):
+    with serve(folder, drop_halfway=True) as base, caplog.at_level(logging.WARNING, logger="rfdetr.deploy.media.video"):
         assert _stub_run(f"{base}/live.avi", tmp_path / "drop") == 0
     summary = json.loads((tmp_path / "drop" / "live.summary.json").read_text())
     assert summary["ended"] == "stopped" and 0 < summary["frames_processed"] < 20
@@ -228,7 +228,7 @@ def test_folder_of_images_and_videos_and_show_without_display(
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="rfdetr.deploy.video"):
+    with caplog.at_level(logging.WARNING, logger="rfdetr.deploy.media.video"):
         assert _stub_run(source, out, "--show", "--max_frames", "2") == 0
     assert caplog.text.count("--show: no display") == 1  # said once for the two videos
     # The picture keeps its stem; the video of the same stem gets another.
@@ -244,8 +244,8 @@ def test_track_without_the_tracking_packages(
     monkeypatch.setitem(sys.modules, "trackers", None)  # import trackers -> ImportError
     assert _stub_run(clip, tmp_path / "out", "--track") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("rfdetr.predict: error: --track needs the optional packages")
-    assert "pip install 'rtdetr-seg[video]'" in err and "\n" not in err
+    assert err.startswith("rfdetr.predict: error: --track (ByteTrack from Roboflow's trackers package) needs trackers")
+    assert "pip install supervision==0.31.2 trackers==2.6.1" in err and '.[video]"' in err and "\n" not in err
 
 
 def test_source_kinds_and_frame_record() -> None:
@@ -318,7 +318,7 @@ def test_live_reading_keeps_the_newest_frame(clip: Path, tmp_path: Path) -> None
     """A live source and a model slower than it: the backlog is dropped, the newest frame is processed."""
     import time
 
-    from rfdetr.deploy.sources import VideoReader
+    from rfdetr.deploy.media.sources import VideoReader
 
     assert VideoSource("0", "camera").is_live and VideoSource("rtsp://h/x", "stream").is_live
     assert not VideoSource("http://h/x.mp4", "stream").is_live and not VideoSource(str(clip), "file").is_live
@@ -336,8 +336,8 @@ def test_live_reading_keeps_the_newest_frame(clip: Path, tmp_path: Path) -> None
 
 def test_tracking_takes_one_detection_per_object() -> None:
     """DETR's top-k may give one query's box twice, with two classes: the tracker gets the more confident one only."""
-    from rfdetr.deploy.detections import Detections
-    from rfdetr.deploy.track import one_per_object
+    from rfdetr.deploy.media.track import one_per_object
+    from rfdetr.deploy.runtime.detections import Detections
 
     box, other = [10.0, 10.0, 50.0, 50.0], [60.0, 60.0, 90.0, 90.0]
     dets = Detections(np.array([box, box, other]), np.array([0.3, 0.6, 0.5]), np.array([1, 0, 1]),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.visualize import class_color, label_position, render_detections
+from rfdetr.deploy.media.visualize import class_color, label_position, render_detections
+from rfdetr.deploy.runtime.detections import Detections
 
 
 def test_render_draws_masks_and_boxes() -> None:

@@ -28,7 +28,7 @@ def test_old_path_gives_the_new_module_with_a_warning(old: str) -> None:
 def test_old_names_users_hold() -> None:
     with pytest.warns(DeprecationWarning):
         from rfdetr.onnx_model import OnnxModel
-    from rfdetr.deploy.runner import OnnxModel as new
+    from rfdetr.deploy.runtime.runner import OnnxModel as new
 
     assert OnnxModel is new
     from rfdetr.checkpoint import load_checkpoint_file  # a package now, with the old module's names
@@ -56,7 +56,7 @@ def _imports(path: Path) -> set[str]:
 
 # Layers from the bottom up; a module may import its own layer and those below it, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("rfdetr.config", "rfdetr.util"),
+    ("rfdetr.config", "rfdetr.util", "rfdetr.version"),
     ("rfdetr.models", "rfdetr.losses", "rfdetr.data"),
     ("rfdetr.checkpoint",),
     ("rfdetr.train", "rfdetr.deploy"),
@@ -94,3 +94,105 @@ def test_imports_run_downward() -> None:
         if t.startswith(other)
     ]
     assert not crossing, crossing
+
+
+def _module_name(path: Path, package: Path = PACKAGE) -> str:
+    rel = path.relative_to(package.parent).with_suffix("")
+    return ".".join(p for p in rel.parts if p != "__init__")
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (at module level or in functions). ``from a.b import c`` counts as
+    an import of ``a.b.c`` when that is a module, else of ``a.b``."""
+    modules = {_module_name(p, package): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package.name:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    targets.add(sub if sub in modules else node.module)
+            elif isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names if a.name.split(".")[0] == package.name)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles() -> None:
+    assert import_cycles(import_graph()) == []
+
+
+def test_import_cycles_are_found() -> None:
+    """The check above can fail: two modules importing each other (one of them inside a function) are a cycle."""
+    graph = {"rfdetr.a": {"rfdetr.b"}, "rfdetr.b": {"rfdetr.c"}, "rfdetr.c": {"rfdetr.a"}, "rfdetr.d": {"rfdetr.a"}}
+    assert import_cycles(graph) == [["rfdetr.a", "rfdetr.b", "rfdetr.c"]]
+
+
+def test_nothing_imports_the_package_root() -> None:
+    """``from rfdetr import x`` inside the package runs the top-level ``__init__`` (the user API's lazy re-exports)
+    from below: the version lives in :mod:`rfdetr.version` for that reason."""
+    root = [
+        f"{_module_name(path)}: from rfdetr import {', '.join(a.name for a in node.names)}"
+        for path in PACKAGE.rglob("*.py")
+        if path != PACKAGE / "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module == "rfdetr"
+        and any(f"rfdetr.{a.name}" not in import_graph() for a in node.names)
+    ]
+    assert not root, root
+
+
+def test_media_sits_above_export_and_runtime() -> None:
+    """deploy/'s media jobs (predict over files, video, drawing, tracking) use exported files and the runtime; neither
+    export nor runtime code imports them."""
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        if module.startswith(("rfdetr.deploy.export", "rfdetr.deploy.runtime"))
+        for target in targets
+        if target.startswith("rfdetr.deploy.media")
+    ]
+    assert not upward, upward
+
+
+def test_version_matches_pyproject() -> None:
+    from rfdetr.version import __version__
+
+    text = (PACKAGE.parent / "pyproject.toml").read_text()
+    assert f'version = "{__version__}"' in text

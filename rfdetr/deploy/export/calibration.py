@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rfdetr.data.image_io import read_rgb
-from rfdetr.deploy.processing import load_images, preprocess
+from rfdetr.deploy.runtime.processing import load_images, preprocess
 
 __all__ = ["IMAGE_SUFFIXES", "calibration_arrays", "calibration_files"]
 

@@ -1,7 +1,7 @@
 """Predict on image files: a rendered picture per image and one COCO predictions JSON for the run.
 
 For every image :func:`predict_images` writes a picture with the boxes, ``name score`` labels and translucent masks
-(:func:`rfdetr.deploy.visualize.render_detections`) to the output folder (PNG sources as PNG, the rest as JPEG,
+(:func:`rfdetr.deploy.media.visualize.render_detections`) to the output folder (PNG sources as PNG, the rest as JPEG,
 named after the source), and at the end one COCO-format ``predictions.json``: ``images`` (id, file_name, width,
 height, path), ``categories`` and ``annotations`` with ``image_id``, ``category_id`` (the class id), ``bbox`` (x, y,
 w, h in pixels), ``score``, ``area`` and, for models with masks, ``segmentation`` as compressed RLE. pycocotools
@@ -24,9 +24,9 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from rfdetr.data.image_io import read_rgb
-from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.timing import StageTimer
-from rfdetr.deploy.visualize import render_detections
+from rfdetr.deploy.media.visualize import render_detections
+from rfdetr.deploy.runtime.detections import Detections
+from rfdetr.deploy.runtime.timing import StageTimer
 from rfdetr.util.run_dir import write_bytes_atomic, write_json_atomic
 
 __all__ = ["IMAGE_SUFFIXES", "PredictSummary", "collect_images", "detections_to_coco", "predict_images"]
@@ -38,7 +38,8 @@ PREDICTIONS_FILE = "predictions.json"
 
 
 class Predictor(Protocol):
-    """What the command needs from a model: :class:`rfdetr.detr.RFDETR` and :class:`rfdetr.deploy.runner.OnnxModel`."""
+    """What the command needs from a model: :class:`rfdetr.detr.RFDETR` and
+    :class:`rfdetr.deploy.runtime.runner.OnnxModel`."""
 
     class_names: list[str]
 
@@ -139,7 +140,7 @@ def predict_images(
     """Predict every image of ``paths``, write its rendered picture and one COCO predictions JSON.
 
     Args:
-        model: an :class:`rfdetr.detr.RFDETR` or :class:`rfdetr.deploy.runner.OnnxModel`.
+        model: an :class:`rfdetr.detr.RFDETR` or :class:`rfdetr.deploy.runtime.runner.OnnxModel`.
         paths: image files (see :func:`collect_images`); unreadable ones are skipped and counted.
         output: folder for the pictures and ``predictions.json`` (created).
         threshold: keep detections with score > threshold.

@@ -1,4 +1,4 @@
-"""Run any exported file in its own runtime and get the same :class:`~rfdetr.deploy.detections.Detections` as
+"""Run any exported file in its own runtime and get the same :class:`~rfdetr.deploy.runtime.detections.Detections` as
 ``predict()``.
 
     from rfdetr.deploy import load
@@ -6,9 +6,9 @@
     detections = model.predict("image.jpg", threshold=0.5)
 
 Pre-processing (resize, normalisation) and post-processing (top-``num_select`` over queries x classes, boxes and masks
-at the original size, ``score > threshold``) are predict()'s own functions (:mod:`rfdetr.deploy.processing`); only the
-network runs in the format's runtime (its ``Session``, :mod:`rfdetr.deploy.formats`). Resolution, mean / std, class
-names and ``num_select`` come from the file's metadata.
+at the original size, ``score > threshold``) are predict()'s own functions (:mod:`rfdetr.deploy.runtime.processing`);
+only the network runs in the format's runtime (its ``Session``, :mod:`rfdetr.deploy.export.formats`). Resolution, mean /
+std, class names and ``num_select`` come from the file's metadata.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD
-from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.formats import ExportFormat, format_for_file, get_format, load_format
-from rfdetr.deploy.metadata import decode_metadata
-from rfdetr.deploy.processing import (
+from rfdetr.deploy.export.formats import ExportFormat, format_for_file, get_format, load_format
+from rfdetr.deploy.export.metadata import decode_metadata
+from rfdetr.deploy.runtime.detections import Detections
+from rfdetr.deploy.runtime.processing import (
     ImageInput,
     export_outputs_to_dict,
     load_images,
@@ -33,7 +33,7 @@ from rfdetr.deploy.processing import (
     run_in_fixed_batches,
     to_detections,
 )
-from rfdetr.deploy.timing import StageTimer, timed
+from rfdetr.deploy.runtime.timing import StageTimer, timed
 from rfdetr.models.postprocess import PostProcess
 
 __all__ = ["ExportedModel", "OnnxModel", "load"]
@@ -49,7 +49,7 @@ class ExportedModel:
         **session_options: passed to the format's ``Session`` (e.g. ``providers`` for onnxruntime).
 
     Attributes:
-        format: the :class:`~rfdetr.deploy.formats.ExportFormat`.
+        format: the :class:`~rfdetr.deploy.export.formats.ExportFormat`.
         class_names: names indexed by class id (from the metadata; ``class_{i}`` when absent).
         resolution: the square input side R.
         masks: whether the file has a mask output.
@@ -117,7 +117,8 @@ class ExportedModel:
         Args:
             images: one image or a list (paths, PIL images, RGB numpy arrays, [3, H, W] tensors in [0, 1]).
             threshold: keep detections with score > threshold.
-            timer: records the ``preprocess``, ``forward`` and ``postprocess`` stages (:mod:`rfdetr.deploy.timing`).
+            timer: records the ``preprocess``, ``forward`` and ``postprocess`` stages
+                (:mod:`rfdetr.deploy.runtime.timing`).
 
         Returns:
             A :class:`Detections` per image (boxes and masks in original pixels); a list for list/batch input.

@@ -1,15 +1,15 @@
 """ExecuTorch export (``.pte``, XNNPACK delegate) of detection, single-stage segmentation and stage-2 models.
 
-The program is the traced :class:`~rfdetr.deploy.graph.ExportForward`: ``torch.export.export`` at a static shape,
+The program is the traced :class:`~rfdetr.deploy.export.graph.ExportForward`: ``torch.export.export`` at a static shape,
 lowered with ``executorch.exir.to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`` (the matrix
 products, convolutions and elementwise ops run in XNNPACK; what XNNPACK does not take, e.g. ``grid_sample`` of the
 deformable attention, runs in ExecuTorch's portable kernels), then serialised by ``to_executorch()``:
 
-* input [B, 3, R, R] float32, preprocessed as ``predict()`` does (see :mod:`rfdetr.deploy.formats.onnx`);
+* input [B, 3, R, R] float32, preprocessed as ``predict()`` does (see :mod:`rfdetr.deploy.export.formats.onnx`);
 * outputs, in this order: boxes [B, Q, 4] normalised cxcywh (``dets``), class logits [B, Q, K] (``labels``) and, with
   masks, mask logits [B, Q, R/4, R/4] (``masks``). A ``.pte`` has no tensor names; the order is the contract;
 * metadata (class names, resolution, mean, std, num_select ...) in ``<file>.pte.json`` beside it
-  (:func:`rfdetr.deploy.metadata.sidecar_path`), since a ``.pte`` has no place for it.
+  (:func:`rfdetr.deploy.export.metadata.sidecar_path`), since a ``.pte`` has no place for it.
 
 Float32 only: ``half=True`` is refused. Measured here (x86-64 with AVX2 + F16C, no AVX512-FP16) on a
 Linear-GELU-Linear-LayerNorm block lowered in float16: GELU and LayerNorm fell back to portable kernels, the program
@@ -31,17 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfdetr.deploy.formats import FORMATS
-from rfdetr.deploy.graph import ExportForward
-from rfdetr.deploy.metadata import read_sidecar, sidecar_path, write_sidecar
+from rfdetr.deploy.export.formats import FORMATS
+from rfdetr.deploy.export.graph import OUTPUT_NAMES, ExportForward
+from rfdetr.deploy.export.metadata import read_sidecar, sidecar_path, write_sidecar
+from rfdetr.util.atomic import atomic_path
 
 __all__ = ["OUTPUT_NAMES", "Session", "export"]
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_NAMES: tuple[str, str, str] = ("dets", "labels", "masks")
-# The pip command of the registry's pinned versions (one place for the pins).
-INSTALL_HINT = FORMATS["executorch"].install
+FORMAT = FORMATS["executorch"]
 
 
 def export(
@@ -52,7 +51,7 @@ def export(
     *,
     half: bool = False,
 ) -> Path:
-    """Write a prepared export module (:func:`rfdetr.deploy.graph.prepare_export`) as an ExecuTorch program.
+    """Write a prepared export module (:func:`rfdetr.deploy.export.graph.prepare_export`) as an ExecuTorch program.
 
     Args:
         module: the traced forward (eval, CPU, float32, position embeddings baked).
@@ -73,18 +72,15 @@ def export(
     ExecuTorch's Python graph passes over the ~80 XNNPACK partitions (the ops XNNPACK lacks, such as ``grid_sample``,
     split the graph).
     """
-    if half:
-        raise ValueError("--half is not offered for executorch: float16 XNNPACK programs run slower than float32 "
-                         "on x86 CPUs and gave wrong outputs here; export float32 (or openvino for float16 weights)")
+    FORMAT.check_half(half)
     path = Path(path)
     if path.suffix != ".pte":
         raise ValueError(f"an ExecuTorch program is a .pte file, got {path}")
-    try:
-        from executorch.backends.transforms.addmm_mm_to_linear import AddmmToLinearTransform
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-    except ImportError as err:
-        raise ImportError(f"ExecuTorch export needs the optional package executorch: {INSTALL_HINT}") from err
+    FORMAT.require()
+    from executorch.backends.transforms.addmm_mm_to_linear import AddmmToLinearTransform
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
     path.parent.mkdir(parents=True, exist_ok=True)
     # One eager call first: the two-stage proposal grid is built in Python with a data-dependent branch that
     # torch.export cannot trace, and cached per shape (transformer.proposal_grid); the export then reads the cached
@@ -102,19 +98,16 @@ def export(
         lowered = to_edge_transform_and_lower(program, transform_passes=[AddmmToLinearTransform()],
                                               partitioner=[XnnpackPartitioner()])
         buffer = lowered.to_executorch().buffer
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     written_sidecar = False
     try:
-        tmp.write_bytes(buffer)
-        write_sidecar(path, dict(metadata or {}))
-        written_sidecar = True
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer)
+            write_sidecar(path, dict(metadata or {}))
+            written_sidecar = True
     except BaseException:
         if written_sidecar:  # metadata without its program would only mislead
             sidecar_path(path).unlink(missing_ok=True)
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
     batch, _, height, width = example.shape
     logger.info("exported %s (%d outputs, XNNPACK, input [%d, 3, %d, %d], metadata in %s)", path,
                 3 if module.with_masks else 2, batch, height, width, sidecar_path(path).name)
@@ -178,7 +171,7 @@ def _threadpool(threads: int) -> None:
 
 
 class Session:
-    """A ``.pte`` program in the ExecuTorch runtime (the runner's interface, see :mod:`rfdetr.deploy.formats`).
+    """A ``.pte`` program in the ExecuTorch runtime (the runner's interface, see :mod:`rfdetr.deploy.export.formats`).
 
     Args:
         path: the ``.pte`` file (its metadata JSON beside it).
@@ -193,11 +186,8 @@ class Session:
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
-        try:
-            from executorch.runtime import Runtime
-        except ImportError as err:
-            raise ImportError(f"running ExecuTorch files needs the optional package executorch: "
-                              f"{INSTALL_HINT}") from err
+        FORMAT.require(for_running=True)
+        from executorch.runtime import Runtime
         name = os.fspath(path)
         _check_header(path)
         if threads is not None:  # before loading: the program's XNNPACK delegate binds the pool it is loaded with

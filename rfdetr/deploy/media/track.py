@@ -3,8 +3,8 @@
 supervision 0.31 no longer has its ``ByteTrack``: it lives on in Roboflow's ``trackers`` package as
 ``ByteTrackTracker``, which takes and returns ``supervision.Detections``; both come with the optional extra ``video``
 (``pip install 'rtdetr-seg[video]'``). Each call of :meth:`Tracker.update` converts our
-:class:`~rfdetr.deploy.detections.Detections` there and back, so a tracked detection keeps its own mask, class and
-score (the tracker selects detections by index, it never mixes fields of different detections).
+:class:`~rfdetr.deploy.runtime.detections.Detections` there and back, so a tracked detection keeps its own mask, class
+and score (the tracker selects detections by index, it never mixes fields of different detections).
 """
 
 from __future__ import annotations
@@ -15,26 +15,30 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from rfdetr.deploy.detections import Detections
+from rfdetr.deploy.runtime.detections import Detections
+from rfdetr.util.optional import OptionalFeature
 
-__all__ = ["SAME_OBJECT_IOU", "TRACK_INSTALL", "Tracker", "one_per_object", "require_tracking"]
+__all__ = ["SAME_OBJECT_IOU", "TRACKING", "TRACK_INSTALL", "Tracker", "one_per_object", "require_tracking"]
 
 # Two detections whose boxes overlap this much are one object. DETR's top-k over queries x classes often returns one
 # query's box twice, with two classes (circle 0.6 and square 0.3 on the same shape): a tracker given both starts two
 # tracks on one object, and which of them the object "is" flips from frame to frame.
 SAME_OBJECT_IOU = 0.8
 
-TRACK_INSTALL = "pip install 'rtdetr-seg[video]' (or pip install supervision==0.31.2 trackers==2.6.1)"
+TRACKING = OptionalFeature(
+    name="--track", packages=("supervision", "trackers"), pip=("supervision==0.31.2", "trackers==2.6.1"),
+    extra="video", label="ByteTrack from Roboflow's trackers package",
+)
+# The pip command (one place for the pins: the feature above).
+TRACK_INSTALL = TRACKING.install
 
 
 def require_tracking() -> Any:
-    """The ``trackers`` module, or an ImportError whose one line says how to install it."""
-    try:
-        import supervision  # noqa: F401 - the tracker's input and output type
-        import trackers
-    except ImportError as err:
-        raise ImportError(f"--track needs the optional packages 'supervision' and 'trackers' ({err.name} is "
-                          f"missing): {TRACK_INSTALL}") from None
+    """The ``trackers`` module, or :class:`~rfdetr.util.optional.MissingPackageError` whose one line says how to
+    install it."""
+    TRACKING.require()
+    import trackers
+
     return trackers
 
 

@@ -1,16 +1,15 @@
 """Per-layer INT8 sensitivity of an ONNX export: which parts of the network may stay in float (mixed precision).
 
-The quantizable nodes (:data:`rfdetr.deploy.formats.onnx.INT8_OPS`) are grouped by the module that emitted them
-(:func:`node_group`: one group per ViT block, the projector, each decoder layer, the two-stage proposal heads, the
-box and class heads, the mask head). :func:`int8_sensitivity` quantizes one group at a time, everything else float,
-and measures on held-out images how far the outputs move from float32; the groups that move them most are the ones
-worth keeping in float, because the rest of the network costs little accuracy for a lot of speed.
+The quantizable nodes (:data:`rfdetr.deploy.export.int8.ONNX_INT8_OPS`) are grouped by the module that emitted
+them (:func:`~rfdetr.deploy.export.int8.node_group`: one group per ViT block, the projector, each decoder layer, the
+two-stage proposal heads, the box and class heads, the mask head). :func:`int8_sensitivity` quantizes one group at a
+time, everything else float, and measures on held-out images how far the outputs move from float32; the groups that move
+them most are the ones worth keeping in float, because the rest of the network costs little accuracy for a lot of speed.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,46 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rfdetr.deploy.export.int8 import node_group, quantizable_groups
+
 __all__ = ["GroupError", "int8_sensitivity", "node_group", "quantizable_groups", "output_errors"]
-
-_LAYER = re.compile(r"^(layer|layers)\.\d+$")
-_INDEX = re.compile(r"\.\d+$")
-
-
-def node_group(name: str) -> str:
-    """The module group of an ONNX node name from the TorchScript exporter.
-
-    ``/backbone.0/encoder/encoder/layer.2/mlp/MatMul`` -> ``backbone.encoder.layer.2`` (the patch embedding:
-    ``backbone.encoder``); ``/transformer/decoder/layers.1/...`` -> ``transformer.decoder.layers.1``;
-    ``/transformer/enc_out_class_embed.0/MatMul`` -> ``transformer.enc_out_class_embed``; ``/blocks.1/dwconv/Conv``
-    -> ``blocks``; nodes of the top-level forward (the mask head's per-query products) -> ``mask_logits``.
-    """
-    modules = [p for p in name.split("/") if p][:-1]  # the last part is the node's own name
-    if not modules:
-        return "mask_logits"
-    top = _INDEX.sub("", modules[0])
-    if top == "backbone" and len(modules) > 1:
-        layer = next((m for m in modules if _LAYER.match(m)), None)
-        return f"backbone.{modules[1]}" + (f".{layer}" if layer and modules[1] == "encoder" else "")
-    if top == "transformer" and len(modules) > 1:
-        if modules[1] == "decoder" and len(modules) > 2 and _LAYER.match(modules[2]):
-            return f"transformer.decoder.{modules[2]}"
-        return f"transformer.{_INDEX.sub('', modules[1])}"
-    return top
-
-
-def quantizable_groups(path: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """Group -> names of the file's quantizable nodes, in graph order."""
-    import onnx
-
-    from rfdetr.deploy.formats.onnx import INT8_OPS
-
-    groups: dict[str, list[str]] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        if node.op_type in INT8_OPS:
-            groups.setdefault(node_group(node.name), []).append(node.name)
-    return groups
-
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
@@ -102,7 +64,7 @@ def int8_sensitivity(
     """Quantize each group alone (the rest float) and measure the outputs on ``held_out`` against float32.
 
     Args:
-        float_path: a float32 ONNX export (:func:`rfdetr.deploy.formats.onnx.export`).
+        float_path: a float32 ONNX export (:func:`rfdetr.deploy.export.formats.onnx.export`).
         calibration: calibration inputs [1, 3, R, R] float32.
         held_out: other inputs [1, 3, R, R] the errors are measured on.
         groups: the groups to try (default: every group of the file).
@@ -110,7 +72,7 @@ def int8_sensitivity(
     Returns:
         One :class:`GroupError` per group, most sensitive first, then ``all`` (every group INT8).
     """
-    from rfdetr.deploy.formats.onnx import Session, quantize
+    from rfdetr.deploy.export.formats.onnx import Session, quantize
 
     float_session = Session(float_path, threads=1)
     reference = [float_session.run(x) for x in held_out]

@@ -1,9 +1,10 @@
-"""Pre- and post-processing shared by :meth:`rfdetr.detr.RFDETR.predict` and :class:`rfdetr.deploy.runner.OnnxModel`.
+"""Pre- and post-processing shared by :meth:`rfdetr.detr.RFDETR.predict` and
+:class:`rfdetr.deploy.runtime.runner.OnnxModel`.
 
 Images (paths, PIL, numpy, tensors) -> float [3, H, W] in [0, 1] -> bilinear resize to R x R without antialias and
 ImageNet normalisation (rfdetr 1.11.2) -> network -> :class:`rfdetr.models.postprocess.PostProcess` ->
-:class:`rfdetr.deploy.detections.Detections`. Keeping one copy is what makes an exported model's detections equal
-predict()'s.
+:class:`rfdetr.deploy.runtime.detections.Detections`. Keeping one copy is what makes an exported model's detections
+equal predict()'s.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD
-from rfdetr.deploy.detections import Detections
+from rfdetr.deploy.runtime.detections import Detections
 
 __all__ = [
     "ImageInput",

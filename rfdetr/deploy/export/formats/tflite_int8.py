@@ -1,4 +1,4 @@
-"""Static full-integer INT8 TFLite files (the ``int8=True`` half of :mod:`rfdetr.deploy.formats.tflite`).
+"""Static full-integer INT8 TFLite files (the ``int8=True`` half of :mod:`rfdetr.deploy.export.formats.tflite`).
 
 PT2E quantization of the PyTorch graph, not of a converted float file (ai-edge-quantizer 0.10's static recipes on
 our converted file gave files LiteRT refuses): the graph is captured with ``torch.export``, this project's
@@ -22,16 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfdetr.deploy.formats.tflite import (
-    INPUT_NAME,
-    INTEGER_IO,
-    _NamedIO,
-    _quiet_converter,
-    _require_converter,
-    embed_metadata,
-)
-from rfdetr.deploy.graph import ExportForward
-from rfdetr.util.run_dir import write_bytes_atomic
+from rfdetr.deploy.export.formats import FORMATS
+from rfdetr.deploy.export.formats.litert import NamedIO, converter, embed_metadata, quiet_converter
+from rfdetr.deploy.export.graph import INPUT_NAME, ExportForward
+from rfdetr.deploy.export.int8 import FLOAT_GROUPS
+from rfdetr.util.atomic import write_bytes_atomic
 
 __all__ = ["FLOAT_MODULES", "INT8_OPS", "quantize_module", "quantized_graph"]
 
@@ -39,12 +34,12 @@ logger = logging.getLogger(__name__)
 
 
 # PT2E patterns (litert-torch's PT2EQuantizer annotators) quantized to INT8: the matrix products and convolutions,
-# nearly all of the compute, as for ONNX (:data:`rfdetr.deploy.formats.onnx.INT8_OPS`). The converter lowers each to
+# nearly all of the compute, as for ONNX (:data:`rfdetr.deploy.export.int8.ONNX_INT8_OPS`). The converter lowers each to
 # an int8 FULLY_CONNECTED / CONV_2D (int8 per-channel weights, int8 per-tensor activations, int32 bias) with
 # QUANTIZE / DEQUANTIZE where a float op follows; the rest (LayerNorm, Softmax, GELU, the attention BATCH_MATMULs,
 # which litert-torch 0.10 has no annotator for, grid sampling, box arithmetic) stays float32.
 INT8_OPS: tuple[str, ...] = ("linear", "addmm", "conv", "conv_relu")
-# Submodules kept float32 besides the two-stage proposal heads (rfdetr.deploy.formats.onnx.FLOAT_GROUPS, kept float in
+# Submodules kept float32 besides the two-stage proposal heads (rfdetr.deploy.export.int8.FLOAT_GROUPS, kept float in
 # every format): the multi-scale projector, whose output is the memory the proposal heads score. Measured on the demo
 # model (160 px, 32 calibration images, its 16 test images, top detections above 0.5 matched by box, in XNNPACK):
 #
@@ -177,8 +172,6 @@ def _pt2e_quantizer(exclude: Sequence[str]) -> Any:
 
 
 def _default_exclude() -> tuple[str, ...]:
-    from rfdetr.deploy.formats.onnx import FLOAT_GROUPS
-
     return (*FLOAT_GROUPS, *FLOAT_MODULES)
 
 
@@ -201,7 +194,7 @@ def quantized_graph(
     exclude = _default_exclude() if exclude is None else tuple(exclude)
     with torch.no_grad():
         module(example)  # fills the proposal-grid cache with real tensors (see export)
-    graph = torch.export.export(_NamedIO(module).eval(), (), {INPUT_NAME: example}).module()
+    graph = torch.export.export(NamedIO(module).eval(), (), {INPUT_NAME: example}).module()
     rewritten = _as_linear(graph)
     quantizer = _pt2e_quantizer(exclude)
     prepared = prepare_pt2e(graph, quantizer)
@@ -244,11 +237,11 @@ def quantize_module(
         module: the traced forward (eval, CPU, float32, position embeddings baked).
         path: the ``.tflite`` file (written atomically).
         example: [B, 3, R, R] input the graph is captured with.
-        calibration: network inputs [1, 3, R, R] float32 (:func:`rfdetr.deploy.calibration.calibration_arrays`).
+        calibration: network inputs [1, 3, R, R] float32 (:func:`rfdetr.deploy.export.calibration.calibration_arrays`).
         metadata: string entries stored in the flatbuffer's metadata (:data:`METADATA_NAME`).
         batch: the file's static batch (inputs are repeated to fill it).
         exclude: submodule names (dotted paths of the model) kept float; default
-            :data:`rfdetr.deploy.formats.onnx.FLOAT_GROUPS` (the two-stage proposal heads) and
+            :data:`rfdetr.deploy.export.int8.FLOAT_GROUPS` (the two-stage proposal heads) and
             :data:`FLOAT_MODULES` (the projector).
         io: type of the file's input and outputs: ``float`` (float32, quantized inside the file), ``int8`` or
             ``uint8`` (with the scale and zero point in the tensors' quantization parameters; for NPUs that take
@@ -258,9 +251,11 @@ def quantize_module(
         ImportError: litert-torch is not installed.
         ValueError: an unknown ``io``.
     """
-    if io not in INTEGER_IO:
-        raise ValueError(f"int8 I/O must be one of {', '.join(INTEGER_IO)}, got {io!r}")
-    litert_torch = _require_converter()
+    offered = FORMATS["tflite"].int8.io  # type: ignore[union-attr]
+    if io not in offered:
+        raise ValueError(f"int8 I/O must be one of {', '.join(offered)}, got {io!r}")
+    FORMATS["tflite"].require(int8=True)
+    litert_torch = converter()
     from litert_torch.quantize.quant_config import QuantConfig
 
     exclude = _default_exclude() if exclude is None else tuple(exclude)
@@ -270,7 +265,7 @@ def quantize_module(
     # Captured in eval mode already; the flag only silences litert-torch's "converted in training mode" warning (an
     # exported GraphModule has no working .eval()).
     quantized.training = False
-    with _quiet_converter():
+    with quiet_converter():
         edge = litert_torch.convert(quantized, sample_kwargs={INPUT_NAME: example},
                                     quant_config=QuantConfig(pt2e_quantizer=quantizer))
         content = bytes(edge.model_content())

@@ -12,12 +12,14 @@ from typing import Any
 
 from torch import nn
 
-from rfdetr.deploy.calibration import calibration_arrays, calibration_files
-from rfdetr.deploy.evaluate import evaluate_predictor
-from rfdetr.deploy.formats import DEFAULT_INT8_IO, INT8_IO, get_format, load_format
-from rfdetr.deploy.graph import prepare_export
-from rfdetr.deploy.report import build_report, format_report, load_report, remove_export, write_report
-from rfdetr.deploy.runner import ExportedModel
+from rfdetr.deploy.export.calibration import calibration_arrays, calibration_files
+from rfdetr.deploy.export.formats import get_format, int8_formats, integer_io_formats, load_format
+from rfdetr.deploy.export.graph import prepare_export
+from rfdetr.deploy.export.int8 import DEFAULT_INT8_IO, INT8_IO
+from rfdetr.deploy.export.report import build_report, format_report, load_report, remove_export, write_report
+from rfdetr.deploy.runtime.evaluate import evaluate_predictor
+from rfdetr.deploy.runtime.runner import ExportedModel
+from rfdetr.util.atomic import temp_path_for
 
 __all__ = ["add_accuracy", "default_file_name", "export_model", "int8_formats", "integer_io_formats", "onnx_options"]
 
@@ -68,20 +70,20 @@ def export_model(
         model: an :class:`~rfdetr.models.detector.RFDETRModel` or a stage-2 :class:`~rfdetr.models.segmenter.Segmenter`
             (deep-copied, never modified).
         output_dir: folder of the file (created).
-        format: a name of :data:`rfdetr.deploy.formats.FORMATS`.
+        format: a name of :data:`rfdetr.deploy.export.formats.FORMATS`.
         resolution: square input side R.
-        metadata: :func:`rfdetr.deploy.metadata.export_metadata` entries.
+        metadata: :func:`rfdetr.deploy.export.metadata.export_metadata` entries.
         batch_size: static batch size of the file.
         half: float16 weights (where the format offers them).
         int8: full-integer INT8 (weights and activations), calibrated on ``calibration``.
-        int8_io: type of an INT8 file's input and outputs, one of :data:`rfdetr.deploy.formats.INT8_IO`; integer
+        int8_io: type of an INT8 file's input and outputs, one of :data:`rfdetr.deploy.export.formats.INT8_IO`; integer
             types only for formats that offer them (tflite).
         calibration: a dataset folder or a folder of images, preprocessed as ``predict()`` does; needed with
             ``int8``, and without it the report compares outputs on one random input.
         calibration_images: how many calibration images to use.
         with_masks: keep the mask output when the model has one.
         file_name: name of the file (default: :func:`default_file_name`).
-        report: write ``<file>.report.json`` (:mod:`rfdetr.deploy.report`).
+        report: write ``<file>.report.json`` (:mod:`rfdetr.deploy.export.report`).
         **options: the format's own options (ONNX: ``opset``, ``dynamic_batch``, ``simplify``).
 
     Returns:
@@ -94,20 +96,21 @@ def export_model(
         ImportError: the format's packages are missing (the message gives the pip command).
     """
     fmt = get_format(format)
-    fmt.require()
     if int8 and half:
         raise ValueError("choose one of half (float16 weights) and int8")
-    if int8 and calibration is None:
-        raise ValueError("int8 needs calibration images: pass calibration=DIR (--calibration DIR), a dataset folder "
-                         "or a folder of the images the model will see")
-    module_ = load_format(fmt)
-    if int8 and not _has_int8(module_):
+    fmt.check_half(half)
+    if int8 and fmt.int8 is None:
         raise ValueError(f"int8 is not offered for {format}; formats with int8: {', '.join(int8_formats())}")
     if int8_io not in INT8_IO:
         raise ValueError(f"int8_io must be one of {', '.join(INT8_IO)}, got {int8_io!r}")
-    if int8_io != DEFAULT_INT8_IO and not (int8 and int8_io in getattr(module_, "INTEGER_IO", ())):
+    if int8_io != DEFAULT_INT8_IO and not (int8 and fmt.int8 is not None and int8_io in fmt.int8.io):
         raise ValueError(f"int8_io={int8_io!r} (integer input and outputs) needs int8=True and a format that offers "
                          f"it: {', '.join(integer_io_formats())}")
+    if int8 and calibration is None:
+        raise ValueError("int8 needs calibration images: pass calibration=DIR (--calibration DIR), a dataset folder "
+                         "or a folder of the images the model will see")
+    fmt.require(int8=int8)
+    module_ = load_format(fmt)
     precision = "int8" if int8 else "float16" if half else "float32"
     name = file_name or default_file_name(format, half, int8)
     if not name.endswith(fmt.suffix):
@@ -121,17 +124,17 @@ def export_model(
     path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if int8 and hasattr(module_, "quantize_module"):
+    if int8 and fmt.int8 is not None and fmt.int8.source == "graph":
         assert arrays is not None
         # Quantized from the PyTorch graph (PT2E): no float file in between.
-        module_.quantize_module(module, path, example, arrays, entries, batch=batch_size, io=int8_io)
-    elif int8:
+        fmt.int8.load()(module, path, example, arrays, entries, batch=batch_size, io=int8_io)
+    elif int8 and fmt.int8 is not None:
         assert arrays is not None
         # The float32 file is the quantizer's input; it is written beside the result under a hidden name and removed.
-        float_path = path.with_name(f".{path.stem}.float32.{os.getpid()}{fmt.suffix}")
+        float_path = temp_path_for(path)
         try:
             module_.export(module, float_path, example, entries, **options)
-            module_.quantize(float_path, path, arrays, entries, batch=batch_size)
+            fmt.int8.load()(float_path, path, arrays, entries, batch=batch_size)
         finally:
             remove_export(float_path)
     else:
@@ -141,25 +144,6 @@ def export_model(
         inputs = arrays if arrays is not None else [example[:1].numpy()]
         write_report(path, build_report(path, fmt, precision, module, inputs, seconds, batch_size))
     return path
-
-
-def _has_int8(module: Any) -> bool:
-    return hasattr(module, "quantize") or hasattr(module, "quantize_module")
-
-
-def int8_formats() -> list[str]:
-    """The formats whose module offers full-integer INT8 (``quantize`` of the float file or ``quantize_module`` of
-    the PyTorch graph)."""
-    from rfdetr.deploy.formats import FORMATS
-
-    return [name for name, fmt in FORMATS.items() if _has_int8(load_format(fmt))]
-
-
-def integer_io_formats() -> list[str]:
-    """The formats whose INT8 files can have int8 / uint8 input and outputs (``int8_io``)."""
-    from rfdetr.deploy.formats import FORMATS
-
-    return [name for name, fmt in FORMATS.items() if set(getattr(load_format(fmt), "INTEGER_IO", ())) - {"float"}]
 
 
 def add_accuracy(path: str | os.PathLike[str], reference: Any, dataset: str | os.PathLike[str], split: str = "valid",

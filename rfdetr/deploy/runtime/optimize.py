@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfdetr.deploy.exporter import default_file_name
-from rfdetr.deploy.formats import FORMATS
-from rfdetr.deploy.graph import ExportForward
-from rfdetr.deploy.runner import ExportedModel
+from rfdetr.deploy.export.exporter import default_file_name
+from rfdetr.deploy.export.formats import FORMATS
+from rfdetr.deploy.export.graph import ExportForward
+from rfdetr.deploy.runtime.runner import ExportedModel
 
 __all__ = [
     "AUTO_ORDER", "ENGINES", "cached_engine", "default_cache_dir", "pick_engine", "trace_torch", "weights_key",
@@ -69,7 +69,7 @@ def pick_engine(engine: str, device: torch.device) -> str | None:
             return None  # on a GPU the PyTorch model is the fast path
         for name in AUTO_ORDER:
             fmt = FORMATS.get(ENGINES[name])
-            if fmt is not None and not fmt.missing() and not fmt.missing(for_running=True):
+            if fmt is not None and not fmt.missing() and not fmt.missing(fmt.runtime):
                 return name
         logger.info("optimize_for_inference(engine='auto'): no export runtime is installed (onnxruntime, openvino, "
                     "ai-edge-litert); predicting with PyTorch")

@@ -7,7 +7,7 @@ import colorsys
 import cv2
 import numpy as np
 
-from rfdetr.deploy.detections import Detections
+from rfdetr.deploy.runtime.detections import Detections
 
 __all__ = ["class_color", "label_position", "render_detections"]
 

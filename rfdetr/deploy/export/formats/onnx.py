@@ -8,13 +8,13 @@ resolution:
   with the ``mean`` / ``std`` stored in the file's metadata;
 * outputs ``dets`` [B, Q, 4] normalised cxcywh boxes, ``labels`` [B, Q, K] class logits and, for models with masks,
   ``masks`` [B, Q, R/4, R/4] mask logits (apply sigmoid and top-k yourself, or use
-  :class:`rfdetr.deploy.runner.OnnxModel`);
+  :class:`rfdetr.deploy.runtime.runner.OnnxModel`);
 * metadata (``metadata_props``): ``class_names`` (JSON list), ``resolution``, ``mean``, ``std`` (JSON lists),
   ``num_select``, ``masks``, ``model_name``, ``producer``.
 
 Only standard ONNX operators (default domain) end up in the graph: the DINOv2 position embeddings, which eager mode
 resizes with an antialiased bicubic interpolation when the input grid differs from the stored one, are computed once
-at the export resolution and stored as a constant (:func:`rfdetr.deploy.graph.bake_position_embeddings`), and
+at the export resolution and stored as a constant (:func:`rfdetr.deploy.export.graph.bake_position_embeddings`), and
 deformable attention is ``F.grid_sample``, i.e. ONNX ``GridSample`` (opset >= 16). :func:`check_onnx_graph` verifies
 both properties.
 
@@ -35,9 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rfdetr.deploy.formats import FORMATS
-from rfdetr.deploy.graph import ExportForward, prepare_export
-from rfdetr.deploy.metadata import decode_metadata
+from rfdetr.deploy.export.formats import FORMATS
+from rfdetr.deploy.export.graph import INPUT_NAME, OUTPUT_NAMES, ExportForward, prepare_export
+from rfdetr.deploy.export.int8 import FLOAT_GROUPS, ONNX_INT8_OPS, quantizable_groups
+from rfdetr.deploy.export.metadata import decode_metadata
+from rfdetr.util.atomic import atomic_path
 
 __all__ = [
     "INPUT_NAME",
@@ -48,32 +50,15 @@ __all__ = [
     "check_onnx_graph",
     "export_onnx",
     "read_metadata",
-    "require_onnx",
 ]
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
-OUTPUT_NAMES: tuple[str, str, str] = ("dets", "labels", "masks")
 # GridSample (deformable attention) exists from opset 16.
 MIN_OPSET = 16
 # Highest opset the TorchScript exporter of the supported torch versions emits.
 MAX_OPSET = 20
-# The pip command of the registry's pinned versions (one place for the pins).
-INSTALL_HINT = FORMATS["onnx"].install
-
-
-def require_onnx() -> Any:
-    """Import and return the ``onnx`` package.
-
-    Raises:
-        ImportError: onnx is not installed; the message gives the pip command.
-    """
-    try:
-        import onnx
-    except ImportError as err:
-        raise ImportError(f"ONNX export needs the optional packages onnx and onnxruntime: {INSTALL_HINT}") from err
-    return onnx
+FORMAT = FORMATS["onnx"]
 
 
 def export(
@@ -87,7 +72,7 @@ def export(
     dynamic_batch: bool = False,
     simplify: bool = False,
 ) -> Path:
-    """Write a prepared export module (:func:`rfdetr.deploy.graph.prepare_export`) as an ONNX file.
+    """Write a prepared export module (:func:`rfdetr.deploy.export.graph.prepare_export`) as an ONNX file.
 
     Args:
         module: the traced forward (eval, CPU, float32, position embeddings baked).
@@ -103,21 +88,19 @@ def export(
         ImportError: onnx is not installed.
         ValueError: bad opset, ``half``, or a graph with a non-standard operator or an antialiased resize.
     """
-    onnx = require_onnx()
-    if half:
-        raise ValueError("--half is not offered for onnx: onnxruntime runs float32 on the CPU; use openvino or "
-                         "tflite for float16 weights")
+    FORMAT.require()
+    import onnx
+    FORMAT.check_half(half)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be between {MIN_OPSET} (GridSample) and {MAX_OPSET}, got {opset}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    output_names = list(OUTPUT_NAMES[: 3 if module.with_masks else 2])
+    output_names = list(module.output_names)
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings():
             # The tracer warns about every Python-side shape computation; the graph is static by design.
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -155,9 +138,6 @@ def export(
             entry.key, entry.value = str(key), str(value)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     batch, _, height, width = example.shape
     logger.info("exported %s (%s, opset %d, input [%s, 3, %d, %d])", path, ", ".join(output_names), opset,
                 "batch" if dynamic_batch else batch, height, width)
@@ -194,7 +174,7 @@ def export_onnx(
         ImportError: onnx is not installed.
         ValueError: bad opset, batch size or resolution; or a graph that is not portable.
     """
-    require_onnx()
+    FORMAT.require()
     module, example = prepare_export(model, resolution, batch_size, with_masks)
     return export(module, path, example, metadata, opset=opset, dynamic_batch=dynamic_batch, simplify=simplify)
 
@@ -261,7 +241,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         ImportError: onnx is not installed.
         FileNotFoundError: ``path`` does not exist.
     """
-    onnx = require_onnx()
+    FORMAT.require()
+    import onnx
     if not Path(path).is_file():
         raise FileNotFoundError(f"ONNX file not found: {path}")
     proto = onnx.load(str(path), load_external_data=False)
@@ -269,7 +250,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 class Session:
-    """An ``.onnx`` file in an onnxruntime session (the runner's interface, see :mod:`rfdetr.deploy.formats`).
+    """An ``.onnx`` file in an onnxruntime session (the runner's interface, see :mod:`rfdetr.deploy.export.formats`).
 
     Args:
         path: the file.
@@ -283,10 +264,9 @@ class Session:
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None,
                  providers: Sequence[str] | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise ImportError(f"running ONNX files needs the optional package onnxruntime: {INSTALL_HINT}") from err
+        FORMAT.require(for_running=True)
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
@@ -314,19 +294,6 @@ class Session:
         return list(self.session.run(self.output_names, feed))
 
 
-# Operators quantized to INT8: the matrix products and convolutions, which hold nearly all of the compute. The rest
-# (LayerNorm, Softmax, GELU, GridSample, the box / score arithmetic) stays float: ORT has no faster integer kernels
-# for them, and quantizing them only adds quantize / dequantize pairs.
-INT8_OPS: tuple[str, ...] = ("MatMul", "Conv", "Gemm")
-# Layer groups (:func:`rfdetr.deploy.sensitivity.node_group`) kept in float by default: the two-stage proposal heads,
-# whose scores choose the Q proposals the decoder refines, so a small INT8 error there swaps whole detections.
-# Measured (bench/bench_int8_sensitivity.py, the demo model, 16 valid images): quantized alone they move the scores
-# most of any group after the projector; keeping these 5 small products (about 1% of nano's MACs) in float halves
-# the score error of the INT8 file (8.5e-3 -> 4.3e-3) and turns a 3.2-point bbox mAP50:95 loss into none.
-FLOAT_GROUPS: tuple[str, ...] = ("transformer.enc_output", "transformer.enc_out_class_embed",
-                                 "transformer.enc_out_bbox_embed")
-
-
 def quantize(
     float_path: str | os.PathLike[str],
     path: str | os.PathLike[str],
@@ -344,25 +311,24 @@ def quantize(
     Args:
         float_path: the float32 file written by :func:`export`.
         path: the INT8 file to write (atomically).
-        calibration: network inputs [1, 3, R, R] float32 (:func:`rfdetr.deploy.calibration.calibration_arrays`).
+        calibration: network inputs [1, 3, R, R] float32 (:func:`rfdetr.deploy.export.calibration.calibration_arrays`).
         metadata: entries for ``metadata_props`` (written again: the quantizer rebuilds the model).
         batch: the file's static batch (inputs are repeated to fill it).
-        exclude: node names kept in float (mixed precision); default: the nodes of :data:`FLOAT_GROUPS`.
+        exclude: node names kept in float (mixed precision); default: the nodes of
+            :data:`~rfdetr.deploy.export.int8.FLOAT_GROUPS`.
 
     Raises:
         ImportError: onnxruntime is not installed.
     """
-    onnx = require_onnx()
-    try:
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-    except ImportError as err:
-        raise ImportError(f"INT8 ONNX needs onnxruntime's quantization tools: {INSTALL_HINT}") from err
+    FORMAT.require(int8=True)
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -373,16 +339,13 @@ def quantize(
             return None if item is None else {INPUT_NAME: np.repeat(item, batch, axis=0)}
 
     if exclude is None:
-        from rfdetr.deploy.sensitivity import quantizable_groups
-
         groups = quantizable_groups(float_path)
         exclude = [name for group in FLOAT_GROUPS for name in groups.get(group, [])]
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         quantize_static(str(float_path), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(INT8_OPS), nodes_to_exclude=list(exclude),
+                        op_types_to_quantize=list(ONNX_INT8_OPS), nodes_to_exclude=list(exclude),
                         calibrate_method=CalibrationMethod.MinMax)
         proto = onnx.load(str(tmp))
         del proto.metadata_props[:]
@@ -390,9 +353,6 @@ def quantize(
             entry = proto.metadata_props.add()
             entry.key, entry.value = str(key), str(value)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("quantized %s to INT8 on %d calibration images (%s; %d nodes kept in float)", path, len(calibration),
-                ", ".join(INT8_OPS), len(exclude))
+                ", ".join(ONNX_INT8_OPS), len(exclude))
     return path

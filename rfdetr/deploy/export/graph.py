@@ -15,7 +15,13 @@ from torch import nn
 
 from rfdetr.models.dinov2 import Embeddings
 
-__all__ = ["ExportForward", "bake_position_embeddings", "has_masks", "patch_size", "prepare_export"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ExportForward", "bake_position_embeddings", "has_masks", "patch_size",
+           "prepare_export"]
+
+# The names every exported file gives its input and outputs (the contract the runners rely on): ``input`` [B, 3, R, R];
+# ``dets`` [B, Q, 4], ``labels`` [B, Q, K] and, with masks, ``masks`` [B, Q, R/4, R/4].
+INPUT_NAME = "input"
+OUTPUT_NAMES: tuple[str, str, str] = ("dets", "labels", "masks")
 
 
 class ExportForward(nn.Module):
@@ -39,6 +45,11 @@ class ExportForward(nn.Module):
         """
         outputs = self.model.forward_export(pixels)
         return outputs if self.with_masks else outputs[:2]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The names of :meth:`forward`'s outputs, in order (:data:`OUTPUT_NAMES` without ``masks`` when dropped)."""
+        return OUTPUT_NAMES[: 3 if self.with_masks else 2]
 
 
 def bake_position_embeddings(model: nn.Module, grid: int) -> int:

@@ -1,13 +1,13 @@
 """TFLite (LiteRT flatbuffer) export of detection, single-stage segmentation and stage-2 models, via ``litert_torch``.
 
-The graph is the single-group export forward (:class:`rfdetr.deploy.graph.ExportForward`), captured with
+The graph is the single-group export forward (:class:`rfdetr.deploy.export.graph.ExportForward`), captured with
 ``torch.export`` and lowered by litert-torch (no ONNX, no TensorFlow), at a fixed batch and square resolution:
 
 * input ``input`` [B, 3, R, R] float32, **NCHW** (PyTorch's layout, kept by the converter): RGB in [0, 1], bilinearly
   resized to R x R (no antialias), then normalised with the ``mean`` / ``std`` of the metadata;
 * outputs, by signature name: ``dets`` [B, Q, 4] normalised cxcywh boxes, ``labels`` [B, Q, K] class logits and, for
   models with masks, ``masks`` [B, Q, R/4, R/4] mask logits;
-* metadata: the :func:`rfdetr.deploy.metadata.export_metadata` entries as one UTF-8 JSON object (``class_names``
+* metadata: the :func:`rfdetr.deploy.export.metadata.export_metadata` entries as one UTF-8 JSON object (``class_names``
   list, ``resolution``, ``mean``, ``std``, ``num_select``, ``masks`` ...) in the flatbuffer's own ``metadata`` table
   under the name :data:`METADATA_NAME` (any flatbuffer reader finds it; :func:`read_metadata`), so no file travels
   beside the model.
@@ -16,7 +16,7 @@ Deformable attention's ``F.grid_sample`` (bilinear, zeros padding, align_corners
 litert-torch lowers torch's own decomposition of it (corner indices, in-bounds masks and ``GATHER_ND``), and
 ``tests/deploy/test_tflite.py`` checks that lowering against eager ``F.grid_sample`` on points inside and outside the
 map. The antialiased bicubic position-embedding resize never reaches the converter (it is baked at the export
-resolution, :func:`rfdetr.deploy.graph.bake_position_embeddings`).
+resolution, :func:`rfdetr.deploy.export.graph.bake_position_embeddings`).
 
 ``half=True`` stores the weights as float16 (ai-edge-quantizer's float casting, with explicit dequantize ops), so the
 file is half the size; activations and arithmetic stay float32.
@@ -24,10 +24,10 @@ file is half the size; activations and arithmetic stay float32.
 ``int8=True`` (:func:`quantize_module`) is static full-integer INT8 by PT2E on the PyTorch graph, not on a float file
 (ai-edge-quantizer 0.10's static recipes on our converted file gave files LiteRT refuses): int8 per-channel weights and
 int8 per-tensor activations calibrated on the user's images for the FULLY_CONNECTED / CONV_2D ops, the two-stage
-proposal heads and the projector kept float (:mod:`rfdetr.deploy.formats.tflite_int8`). ``io="int8" | "uint8"`` gives
-the file integer input and outputs (scale and zero point in each tensor's quantization parameters) for accelerators that
-take nothing else; :class:`Session` quantizes the float input and dequantizes the outputs, so ``predict()`` is
-unchanged.
+proposal heads and the projector kept float (:mod:`rfdetr.deploy.export.formats.tflite_int8`). ``io="int8" | "uint8"``
+gives the file integer input and outputs (scale and zero point in each tensor's quantization parameters) for
+accelerators that take nothing else; :class:`Session` quantizes the float input and dequantizes the outputs, so
+``predict()`` is unchanged.
 
 ``litert-torch`` and ``ai-edge-litert`` are optional dependencies (``pip install litert-torch ai-edge-litert``);
 they are imported only when exporting or running a file.
@@ -35,81 +35,38 @@ they are imported only when exporting or running a file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from rfdetr.deploy.formats import FORMATS, INT8_IO
-from rfdetr.deploy.graph import ExportForward
-from rfdetr.deploy.metadata import decode_metadata
-from rfdetr.util.run_dir import write_bytes_atomic
+from rfdetr.deploy.export.formats import FORMATS
+from rfdetr.deploy.export.formats.litert import (
+    METADATA_NAME,
+    NamedIO,
+    converter,
+    embed_metadata,
+    quiet_converter,
+)
+from rfdetr.deploy.export.graph import INPUT_NAME, OUTPUT_NAMES, ExportForward
+from rfdetr.deploy.export.metadata import decode_metadata
+from rfdetr.util.atomic import write_bytes_atomic
 
-# quantize_module is a lazy attribute (module __getattr__, at the end).
-__all__ = ["INPUT_NAME", "INTEGER_IO", "METADATA_NAME", "OUTPUT_NAMES", "Session", "embed_metadata", "export",
+__all__ = ["INPUT_NAME", "METADATA_NAME", "OUTPUT_NAMES", "Session", "embed_metadata", "export",
            "read_metadata"]
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
-OUTPUT_NAMES: tuple[str, str, str] = ("dets", "labels", "masks")
 # litert-torch's name for the signature of a module converted without an explicit one.
 SIGNATURE = "serving_default"
-# Name of the flatbuffer metadata entry that holds the export metadata (JSON, UTF-8).
-METADATA_NAME = "rfdetr_export"
 # Every TFLite flatbuffer carries this identifier at bytes 4..8.
 FILE_IDENTIFIER = b"TFL3"
-# Input / output types an INT8 file can have (quantize_module's ``io``): every one of the registry's.
-INTEGER_IO: tuple[str, ...] = INT8_IO
-# The pip command of the registry's pinned versions (one place for the pins).
-INSTALL_HINT = FORMATS["tflite"].install
-
-
-class _NamedIO(nn.Module):
-    """The export forward with a keyword input and a dict of outputs, so the file's signature names both.
-
-    litert-torch names signature inputs after the keyword arguments and outputs after dict keys (a tuple gives
-    ``output_0`` ...); names let :class:`Session` find each output without relying on the converter's order.
-    """
-
-    def __init__(self, module: ExportForward) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, input: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: A002 - the signature's input name
-        """input [B, 3, R, R] -> {dets [B, Q, 4], labels [B, Q, K][, masks [B, Q, R/4, R/4]]}."""
-        return dict(zip(OUTPUT_NAMES, self.module(input), strict=False))
-
-
-@contextlib.contextmanager
-def _quiet_converter() -> Iterator[None]:
-    """litert-torch prints a progress tree for every conversion; keep it off for this one only."""
-    key = "LITERT_TORCH_SHOW_PROGRESS"
-    previous = os.environ.get(key)
-    os.environ[key] = "n"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = previous
-
-
-def _require_converter() -> Any:
-    try:
-        import litert_torch
-    except ImportError as err:
-        raise ImportError(f"TFLite export needs the optional packages litert-torch and ai-edge-litert: "
-                          f"{INSTALL_HINT}") from err
-    return litert_torch
+FORMAT = FORMATS["tflite"]
 
 
 def export(
@@ -120,7 +77,7 @@ def export(
     *,
     half: bool = False,
 ) -> Path:
-    """Write a prepared export module (:func:`rfdetr.deploy.graph.prepare_export`) as a ``.tflite`` file.
+    """Write a prepared export module (:func:`rfdetr.deploy.export.graph.prepare_export`) as a ``.tflite`` file.
 
     Args:
         module: the traced forward (eval, CPU, float32, position embeddings baked).
@@ -133,7 +90,7 @@ def export(
         ImportError: litert-torch is not installed.
         RuntimeError: the converter failed (nothing is written).
     """
-    litert_torch = _require_converter()
+    litert_torch = converter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # One eager run fills the cache of the two-stage proposal grid (rfdetr.models.transformer.proposal_grid) with
@@ -141,8 +98,8 @@ def export(
     # "are all proposals valid" branch would be a data-dependent guard that torch.export refuses.
     with torch.no_grad():
         module(example)
-    with _quiet_converter():
-        edge = litert_torch.convert(_NamedIO(module).eval(), sample_kwargs={INPUT_NAME: example})
+    with quiet_converter():
+        edge = litert_torch.convert(NamedIO(module).eval(), sample_kwargs={INPUT_NAME: example})
         content = bytes(edge.model_content())
     if half:
         content = _float16_weights(content)
@@ -173,32 +130,6 @@ def _float16_weights(content: bytes) -> bytes:
         algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING,
     )
     return bytes(qt.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
-
-
-def embed_metadata(content: bytes, metadata: Mapping[str, str]) -> bytes:
-    """``content`` (a TFLite flatbuffer) with ``metadata`` as the JSON entry :data:`METADATA_NAME` (replacing any).
-
-    Raises:
-        ImportError: ai-edge-litert is not installed.
-    """
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    old = [m for m in (model.metadata or []) if m.name in (METADATA_NAME, METADATA_NAME.encode())]
-    entries = [m for m in (model.metadata or []) if m not in old]
-    buffer = model.buffers[old[0].buffer] if old else schema.BufferT()
-    # Stored decoded (lists and numbers as JSON, not JSON inside strings) so that a reader on the phone gets plain
-    # values; _raw_metadata encodes them back to the framework's strings.
-    text = json.dumps(decode_metadata(metadata), sort_keys=True)
-    buffer.data = np.frombuffer(text.encode(), dtype=np.uint8)
-    if not old:
-        model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = METADATA_NAME
-    entry.buffer = old[0].buffer if old else len(model.buffers) - 1
-    model.metadata = [*entries, entry]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _raw_metadata(content: bytes | bytearray | memoryview, name: str) -> dict[str, str]:
@@ -239,7 +170,7 @@ def _check_identifier(content: bytes, path: str | os.PathLike[str]) -> None:
 
 class Session:
     """A ``.tflite`` file in the LiteRT interpreter (XNNPACK on the CPU; the runner's interface, see
-    :mod:`rfdetr.deploy.formats`).
+    :mod:`rfdetr.deploy.export.formats`).
 
     Args:
         path: the file.
@@ -251,11 +182,8 @@ class Session:
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as err:
-            raise ImportError(f"running TFLite files needs the optional package ai-edge-litert: "
-                              f"{INSTALL_HINT}") from err
+        FORMAT.require(for_running=True)
+        from ai_edge_litert.interpreter import Interpreter
         name = os.fspath(path)
         content = Path(path).read_bytes()
         # The identifier check comes first: LiteRT's verifier reports a foreign file in several lines of C++ logs.
@@ -312,13 +240,3 @@ class Session:
                 value = ((value.astype(np.float32) - zero) * scale).astype(np.float32)
             result.append(value)
         return result
-
-
-def __getattr__(name: str) -> Any:
-    """``quantize_module`` (the format's INT8 entry point, :func:`rfdetr.deploy.formats.tflite_int8.quantize_module`)
-    is imported on first use, so exporting float files never imports the quantization stack."""
-    if name == "quantize_module":
-        from rfdetr.deploy.formats.tflite_int8 import quantize_module
-
-        return quantize_module
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,7 @@ class Detections:
         class_id: int64 [N] class indices (COCO category ids for the official COCO checkpoints).
         class_name: N names, one per detection.
         mask: bool [N, H, W] instance masks at the original image size, or ``None`` for detection models.
-        tracker_id: int64 [N] track ids given by a tracker (:mod:`rfdetr.deploy.track`), or ``None`` untracked.
+        tracker_id: int64 [N] track ids given by a tracker (:mod:`rfdetr.deploy.media.track`), or ``None`` untracked.
     """
 
     xyxy: np.ndarray

@@ -2,7 +2,7 @@
 
 A source is an image file, a video file (:data:`VIDEO_SUFFIXES`), a folder (its images and videos, not recursive),
 a glob, a camera index (``0``) or a stream URL (``rtsp://``, ``rtmp://``, ``http://``, ``https://``).
-:func:`collect_sources` sorts them into images (predicted by :mod:`rfdetr.deploy.predict`) and videos
+:func:`collect_sources` sorts them into images (predicted by :mod:`rfdetr.deploy.media.predict`) and videos
 (:class:`VideoSource`, read frame by frame by :class:`VideoReader`).
 
 A live source (a camera, or an rtsp / rtmp / udp stream) is read in a thread that keeps only the newest frame, so that
@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rfdetr.deploy.predict import IMAGE_SUFFIXES
+from rfdetr.deploy.media.predict import IMAGE_SUFFIXES
 
 __all__ = ["STREAM_SCHEMES", "VIDEO_SUFFIXES", "Frame", "SourceError", "VideoReader", "VideoSource", "collect_sources"]
 

@@ -1,5 +1,5 @@
 """COCO bbox and segm mAP of any predictor (a checkpoint's :class:`~rfdetr.detr.RFDETR` or an exported file's
-:class:`~rfdetr.deploy.runner.ExportedModel`) on a split of a COCO dataset, through its own ``predict()``.
+:class:`~rfdetr.deploy.runtime.runner.ExportedModel`) on a split of a COCO dataset, through its own ``predict()``.
 
 Scoring the same ``predict()`` the user calls (pre-processing, runtime, post-processing) is what makes the numbers of
 an exported file comparable with the PyTorch model's. Predictions are kept at threshold 0 (every ``num_select``
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from rfdetr.data.coco import CocoDetection
 from rfdetr.data.coco_eval import CocoEvaluator
 from rfdetr.data.image_io import read_rgb
-from rfdetr.deploy.detections import Detections
+from rfdetr.deploy.runtime.detections import Detections
 
 __all__ = ["EvaluationResult", "evaluate_predictor", "label_mapping"]
 

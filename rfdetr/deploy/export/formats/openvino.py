@@ -1,11 +1,12 @@
 """OpenVINO IR export (``.xml`` graph + ``.bin`` weights) of detection, single-stage segmentation and stage-2 models.
 
 The IR is converted by OpenVINO's PyTorch frontend (what ``openvino.convert_model`` runs) straight from the traced
-:class:`~rfdetr.deploy.graph.ExportForward`, at a static shape. No ONNX file in between, so exporting needs only
+:class:`~rfdetr.deploy.export.graph.ExportForward`, at a static shape. No ONNX file in between, so exporting needs only
 ``openvino``; both routes were measured on RFDETRNano at 384 px and give the same outputs (max diff vs PyTorch 0.0
 boxes, 3e-6 logits) and latency, but this one exports in 6 s against 9.5 s through ONNX:
 
-* input ``input`` [B, 3, R, R] float32, preprocessed as ``predict()`` does (see :mod:`rfdetr.deploy.formats.onnx`);
+* input ``input`` [B, 3, R, R] float32, preprocessed as ``predict()`` does (see
+  :mod:`rfdetr.deploy.export.formats.onnx`);
 * outputs ``dets`` [B, Q, 4] normalised cxcywh boxes, ``labels`` [B, Q, K] class logits and, with masks, ``masks``
   [B, Q, R/4, R/4] mask logits;
 * metadata (class names, resolution, mean, std, num_select ...) as strings in the IR's ``rt_info`` under
@@ -33,32 +34,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfdetr.deploy.formats import FORMATS
-from rfdetr.deploy.graph import ExportForward
+from rfdetr.deploy.export.formats import FORMATS
+from rfdetr.deploy.export.graph import INPUT_NAME, OUTPUT_NAMES, ExportForward
+from rfdetr.deploy.export.int8 import FLOAT_GROUPS
+from rfdetr.util.atomic import atomic_path
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "RT_INFO_ROOT", "Session", "export", "quantize", "read_metadata"]
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
-OUTPUT_NAMES: tuple[str, str, str] = ("dets", "labels", "masks")
 # rt_info section of our metadata: <rt_info><rfdetr><class_names value="..."/>...</rfdetr></rt_info> in the .xml.
 RT_INFO_ROOT = "rfdetr"
-# The pip command of the registry's pinned versions (one place for the pins).
-INSTALL_HINT = FORMATS["openvino"].install
-
-
-def require_openvino() -> Any:
-    """Import and return the ``openvino`` package.
-
-    Raises:
-        ImportError: openvino is not installed; the message gives the pip command.
-    """
-    try:
-        import openvino
-    except ImportError as err:
-        raise ImportError(f"OpenVINO export needs the optional package openvino: {INSTALL_HINT}") from err
-    return openvino
+FORMAT = FORMATS["openvino"]
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
@@ -74,7 +61,7 @@ def export(
     *,
     half: bool = False,
 ) -> Path:
-    """Write a prepared export module (:func:`rfdetr.deploy.graph.prepare_export`) as an OpenVINO IR.
+    """Write a prepared export module (:func:`rfdetr.deploy.export.graph.prepare_export`) as an OpenVINO IR.
 
     Args:
         module: the traced forward (eval, CPU, float32, position embeddings baked).
@@ -91,12 +78,14 @@ def export(
         ImportError: openvino is not installed.
         ValueError: ``path`` does not end with ``.xml``.
     """
-    ov = require_openvino()
+    FORMAT.require()
+    import openvino as ov
+
     path = Path(path)
     if path.suffix != ".xml":
         raise ValueError(f"an OpenVINO IR is an .xml file (with its .bin beside it), got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    output_names = OUTPUT_NAMES[: 3 if module.with_masks else 2]
+    output_names = module.output_names
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about every Python-side shape computation; the graph is static by design.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -123,21 +112,9 @@ def export(
 
 def _save_atomically(ov: Any, model: Any, path: Path, half: bool) -> Path:
     """``ov.save_model`` to temporary names, then renamed: a failure leaves neither the ``.xml`` nor the ``.bin``."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.xml")
-    moved_weights = False
-    try:
+    # The weights are moved first: a new .xml is never visible without the .bin it was written with.
+    with atomic_path(path, companions=(".bin",)) as tmp:
         ov.save_model(model, str(tmp), compress_to_fp16=half)
-        # The weights first: a new .xml is never visible without the .bin it was written with.
-        os.replace(weights_path(tmp), weights_path(path))
-        moved_weights = True
-        os.replace(tmp, path)
-    except BaseException:
-        if moved_weights:  # the new .bin without its .xml would only mislead
-            weights_path(path).unlink(missing_ok=True)
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-        weights_path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -175,9 +152,12 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         ImportError: openvino is not installed.
         ValueError: the file cannot be read as an OpenVINO IR.
     """
-    from rfdetr.deploy.metadata import decode_metadata
+    from rfdetr.deploy.export.metadata import decode_metadata
 
-    return decode_metadata(_rt_metadata(_read_model(require_openvino().Core(), path)))
+    FORMAT.require(for_running=True)
+    import openvino as ov
+
+    return decode_metadata(_rt_metadata(_read_model(ov.Core(), path)))
 
 
 def _read_model(core: Any, path: str | os.PathLike[str]) -> Any:
@@ -189,7 +169,7 @@ def _read_model(core: Any, path: str | os.PathLike[str]) -> Any:
 
 
 class Session:
-    """An OpenVINO IR compiled for the CPU (the runner's interface, see :mod:`rfdetr.deploy.formats`).
+    """An OpenVINO IR compiled for the CPU (the runner's interface, see :mod:`rfdetr.deploy.export.formats`).
 
     Args:
         path: the ``.xml`` file (its ``.bin`` beside it).
@@ -201,10 +181,8 @@ class Session:
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
-        try:
-            import openvino as ov
-        except ImportError as err:
-            raise ImportError(f"running OpenVINO files needs the optional package openvino: {INSTALL_HINT}") from err
+        FORMAT.require(for_running=True)
+        import openvino as ov
         core = ov.Core()
         model = _read_model(core, path)
         inputs = model.inputs
@@ -257,22 +235,21 @@ def quantize(
     Args:
         float_path: the float32 IR written by :func:`export`.
         path: the INT8 ``.xml`` to write (atomically, with its ``.bin``).
-        calibration: network inputs [1, 3, R, R] float32 (:func:`rfdetr.deploy.calibration.calibration_arrays`).
+        calibration: network inputs [1, 3, R, R] float32 (:func:`rfdetr.deploy.export.calibration.calibration_arrays`).
         metadata: entries for the IR's ``rt_info`` (written again: the quantizer rebuilds the model).
         batch: the file's static batch (inputs are repeated to fill it).
         exclude: node (friendly) names kept in float (mixed precision); default: the products of
-            :data:`rfdetr.deploy.formats.onnx.FLOAT_GROUPS` (the two-stage proposal heads), as for ONNX: with them
+            :data:`rfdetr.deploy.export.int8.FLOAT_GROUPS` (the two-stage proposal heads), as for ONNX: with them
             INT8, NNCF's file gave one of the demo model's test shapes another class.
 
     Raises:
         ImportError: openvino or nncf is not installed.
         ValueError: ``float_path`` cannot be read as an IR.
     """
-    ov = require_openvino()
-    try:
-        import nncf
-    except ImportError as err:
-        raise ImportError(f"INT8 OpenVINO needs the optional package nncf: {INSTALL_HINT}") from err
+    FORMAT.require(int8=True)
+    import nncf
+    import openvino as ov
+
     model = _read_model(ov.Core(), float_path)
     # Fold weight-only subgraphs (e.g. the q/k/v weights concatenated in the forward) into constants first: NNCF
     # would otherwise take them for activations and fail to build their statistics.
@@ -283,8 +260,6 @@ def quantize(
     passes.run_passes(model)
     dataset = nncf.Dataset(list(calibration), lambda item: np.repeat(item, batch, axis=0))
     if exclude is None:
-        from rfdetr.deploy.formats.onnx import FLOAT_GROUPS
-
         # Friendly names from the PyTorch frontend: "__module.model.transformer.enc_output.0/aten::linear/MatMul".
         patterns = [rf".*\.{re.escape(group)}[./].*" for group in FLOAT_GROUPS]
         ignored = nncf.IgnoredScope(patterns=patterns, validate=False)

@@ -1,8 +1,8 @@
 """Per-stage wall-clock timing of a prediction loop (read, preprocess, forward, postprocess, track, draw, write).
 
-``predict(..., timer=timer)`` of :class:`rfdetr.detr.RFDETR` and :class:`rfdetr.deploy.runner.ExportedModel` times
-its own preprocess, forward and postprocess stages into a :class:`StageTimer`; the video loop adds the stages around
-them. Without a timer the pipeline pays nothing but a ``nullcontext``.
+``predict(..., timer=timer)`` of :class:`rfdetr.detr.RFDETR` and :class:`rfdetr.deploy.runtime.runner.ExportedModel`
+times its own preprocess, forward and postprocess stages into a :class:`StageTimer`; the video loop adds the stages
+around them. Without a timer the pipeline pays nothing but a ``nullcontext``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Predict on videos, cameras and streams: an annotated video, a JSON Lines file and a summary per source.
 
-For each :class:`~rfdetr.deploy.sources.VideoSource`, :func:`predict_video` writes to the output folder:
+For each :class:`~rfdetr.deploy.media.sources.VideoSource`, :func:`predict_video` writes to the output folder:
 
-* ``<name>.mp4``: every processed frame, drawn (:func:`~rfdetr.deploy.visualize.render_detections`: masks, boxes,
+* ``<name>.mp4``: every processed frame, drawn (:func:`~rfdetr.deploy.media.visualize.render_detections`: masks, boxes,
   ``#track name score`` labels) at the source's size and at its frame rate divided by the stride;
 * ``<name>.jsonl``: one line per processed frame, ``{"frame", "time", "detections": [{"class_id", "class_name",
   "score", "box" (x1, y1, x2, y2 pixels), "mask" (COCO compressed RLE), "track_id"}]}`` (``track_id`` with
@@ -17,6 +17,7 @@ run is interrupted (Ctrl-C), so a file under its final name is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,11 +33,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from rfdetr.deploy.detections import Detections
-from rfdetr.deploy.predict import Predictor
-from rfdetr.deploy.sources import SourceError, VideoReader, VideoSource
-from rfdetr.deploy.timing import StageTimer
-from rfdetr.deploy.visualize import render_detections
+from rfdetr.deploy.media.predict import Predictor
+from rfdetr.deploy.media.sources import SourceError, VideoReader, VideoSource
+from rfdetr.deploy.media.visualize import render_detections
+from rfdetr.deploy.runtime.detections import Detections
+from rfdetr.deploy.runtime.timing import StageTimer
+from rfdetr.util.atomic import atomic_path
 from rfdetr.util.run_dir import write_json_atomic
 
 __all__ = ["Display", "VideoSummary", "frame_record", "predict_video", "predict_videos"]
@@ -140,11 +142,12 @@ class _AtomicFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # The real suffix stays last: OpenCV picks the container from it.
-        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self._atomic = contextlib.ExitStack()
+        # atomic_path keeps the real suffix last: OpenCV picks the container from it.
+        self.tmp = self._atomic.enter_context(atomic_path(path))
 
     def _commit(self) -> None:
-        os.replace(self.tmp, self.path)
+        self._atomic.close()
 
 
 class _VideoFile(_AtomicFile):
@@ -230,13 +233,13 @@ def predict_video(
 
     Args:
         model: anything with ``predict(image, threshold, timer=...)`` (:class:`rfdetr.detr.RFDETR`,
-            :class:`rfdetr.deploy.runner.ExportedModel`).
+            :class:`rfdetr.deploy.runtime.runner.ExportedModel`).
         source: the video file, camera or stream.
         output: folder for the outputs (created).
         threshold: keep detections with score > threshold.
         stride: process every ``stride``-th frame.
         max_frames: stop after processing this many frames.
-        track: give detections track ids (:class:`rfdetr.deploy.track.Tracker`).
+        track: give detections track ids (:class:`rfdetr.deploy.media.track.Tracker`).
         display: where to show frames (``None``: nowhere).
         save_frames: also write every processed frame as a PNG.
         progress: show a progress bar.
@@ -256,7 +259,7 @@ def predict_video(
     name = name or source.name
     tracker = None
     if track:
-        from rfdetr.deploy.track import Tracker, require_tracking
+        from rfdetr.deploy.media.track import Tracker, require_tracking
 
         require_tracking()  # before opening a camera or stream for nothing
     reader = VideoReader(source, stride=stride, max_frames=max_frames, live=False if buffer else None)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rfdetr.deploy.formats import ExportFormat, load_format
-from rfdetr.deploy.metadata import sidecar_path
+from rfdetr.deploy.export.formats import ExportFormat, load_format
+from rfdetr.deploy.export.metadata import sidecar_path
 from rfdetr.util.run_dir import write_json_atomic
 
 __all__ = ["build_report", "companion_files", "format_report", "remove_export", "report_path", "write_report"]
@@ -65,7 +65,7 @@ def build_report(path: Path, fmt: ExportFormat, precision: str, module: nn.Modul
         path: the exported file.
         fmt: its format.
         precision: ``float32``, ``float16`` or ``int8``.
-        module: the prepared float32 :class:`~rfdetr.deploy.graph.ExportForward`.
+        module: the prepared float32 :class:`~rfdetr.deploy.export.graph.ExportForward`.
         inputs: network inputs [1, 3, R, R] (the calibration images, preprocessed).
         export_seconds: how long writing the file took.
         batch_size: the file's static batch (inputs are repeated to fill it).

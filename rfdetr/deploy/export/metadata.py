@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rfdetr import __version__
 from rfdetr.util.run_dir import write_json_atomic
+from rfdetr.version import __version__
 
 __all__ = ["decode_metadata", "export_metadata", "read_sidecar", "sidecar_path", "write_sidecar"]
 
