@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Worker, measure  # noqa: E402
+from harness import SERVE, Worker, measure  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SIZES = ("nano", "seg-nano")
 UPSTREAM_FORMATS = {"onnx": "onnx", "openvino": "openvino", "tflite": "litert", "executorch": "executorch"}
 
-_WORKER = r"""
+_WORKER = SERVE + r"""
 import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 import logging; logging.disable(logging.WARNING)
@@ -109,22 +109,7 @@ else:  # "raw": a file of upstream's, run with each runtime's plainest calls
         run = lambda: method.execute([x])
     else:
         raise SystemExit(f"no raw runner for {path}")
-with torch.inference_mode():
-    for _ in range(cfg["warmup"]):
-        run()
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        n = int(line)
-        if n <= 0:
-            break
-        times = []
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(n):
-            t = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - t) * 1000)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-        print(json.dumps({"times": times, "faults": faults}), flush=True)
+serve(run, cfg["warmup"])
 """
 
 # Runs in upstream's interpreter: export its model (random weights) to each format asked for; one JSON line out.

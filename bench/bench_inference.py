@@ -25,13 +25,13 @@ import statistics
 import sys
 from pathlib import Path
 
-from harness import Worker, measure
+from harness import SERVE, Worker, measure
 
 REPO = Path(__file__).resolve().parent.parent
 
 # Runs in every worker process. argv[1] is the JSON config; then each stdin line "n" asks for n timed forwards,
 # answered by one JSON line: the times in ms and the minor page faults they took; "0" (or EOF) ends the worker.
-_WORKER = r"""
+_WORKER = SERVE + r"""
 import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 import logging; logging.disable(logging.WARNING)
@@ -64,22 +64,7 @@ else:
                 return net(x)
     else:
         run = lambda: net(x)
-with torch.inference_mode():
-    for _ in range(cfg["warmup"]):
-        run()
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        n = int(line)
-        if n <= 0:
-            break
-        times = []
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(n):
-            t = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - t) * 1000)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-        print(json.dumps({"times": times, "faults": faults}), flush=True)
+serve(run, cfg["warmup"])
 """
 
 

@@ -34,13 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_deploy import export_all, synthetic_calibration  # noqa: E402
-from harness import Worker, measure  # noqa: E402
+from harness import SERVE, Worker, measure  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, FPS = 640, 480, 30.0
 CALIBRATION_IMAGES = 32
 
-_WORKER = r"""
+_WORKER = SERVE + r"""
 import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 import logging; logging.disable(logging.WARNING)
@@ -100,29 +100,23 @@ else:
             writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         stats["detections"] += len(dets)
     finish = writer.release
-with torch.inference_mode():
-    for _ in range(cfg["warmup"]):
-        step()
+
+
+def reset():
     if timer is not None:
         timer.total_ms.clear(); timer.calls.clear()
     stats["detections"] = 0
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        n = int(line)
-        if n <= 0:
-            break
-        times = []
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(n):
-            t = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t) * 1000)
-        stats["frames"] += n
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-        answer = {"times": times, "faults": faults, "detections_per_frame": stats["detections"] / stats["frames"]}
-        if timer is not None:
-            answer["stages"] = timer.mean_ms(per=stats["frames"])
-        print(json.dumps(answer), flush=True)
+
+
+def report(n):
+    stats["frames"] += n
+    answer = {"detections_per_frame": stats["detections"] / stats["frames"]}
+    if timer is not None:
+        answer["stages"] = timer.mean_ms(per=stats["frames"])
+    return answer
+
+
+serve(step, cfg["warmup"], reset=reset, report=report)
 finish()
 """
 

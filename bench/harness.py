@@ -13,7 +13,37 @@ import statistics
 import subprocess
 from dataclasses import dataclass, field
 
-__all__ = ["Worker", "measure"]
+__all__ = ["SERVE", "Worker", "measure"]
+
+# The worker side of the protocol, as source appended to each worker script (workers run ``python -c``, in this
+# project's interpreter or in upstream's, so they cannot import this module). The script defines its model, then ends
+# with ``serve(step, warmup)``: ``step`` is one timed call; ``reset`` runs after the warm-up (clear counters);
+# ``report(n)`` adds entries to each answer.
+SERVE = r"""
+def serve(step, warmup, reset=None, report=None):
+    import json, resource, sys, time
+    import torch
+    with torch.inference_mode():
+        for _ in range(warmup):
+            step()
+        if reset is not None:
+            reset()
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            n = int(line)
+            if n <= 0:
+                break
+            times = []
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(n):
+                start = time.perf_counter()
+                step()
+                times.append((time.perf_counter() - start) * 1000)
+            answer = {"times": times, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults}
+            if report is not None:
+                answer.update(report(n))
+            print(json.dumps(answer), flush=True)
+"""
 
 
 @dataclass

@@ -10,17 +10,7 @@ import pytest
 import torch
 
 from rfdetr.data.synthetic import SyntheticSpec, write_synthetic_dataset
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared; skips the calling test with the reason when it is absent."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent: this test reads ../shared beside the repository (clone it there to run it)")
-    return path
+from tests.helpers import perturb, shared_path
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +39,7 @@ def write_tiny_stage2_checkpoint(directory: Path, kind: str) -> Path:
     cfg = TINY_CONFIG.replace(num_classes=3, class_names=tuple(names))
     torch.manual_seed(0)
     head_cfg = MaskHeadConfig(kind, cfg.hidden_dim, cfg.dec_layers)
-    model = Segmenter(build_model(cfg), build_mask_head(head_cfg))
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    model = perturb(Segmenter(build_model(cfg), build_mask_head(head_cfg)), 3)
     path = directory / "checkpoint_best_total.pth"
     ckpt = make_checkpoint(model.checkpoint_state_dict(), cfg, names, stage="seg_stage2", mask_head=head_cfg.to_dict())
     save_checkpoint(ckpt, path)

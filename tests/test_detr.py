@@ -24,9 +24,9 @@ from rfdetr.checkpoint import (
 )
 from rfdetr.config import MODEL_PRESETS
 from rfdetr.detr import COCO_CLASS_NAMES, PRESET_CLASSES, RFDETR, RFDETRNano, RFDETRSegNano, _to_chw01
+from tests.helpers import REFS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFS = REPO_ROOT.parent / "shared" / "refs"
 LEGACY = REFS / "rf-detr-nano-perturbed-random.legacy.pth"
 IO_REF = REFS / "rf-detr-nano-perturbed-io.pt"
 IMAGE = REFS / "synthetic_640x480.png"

@@ -30,9 +30,10 @@ from rfdetr.checkpoint import (
     slice_queries,
 )
 from rfdetr.config import MODEL_PRESETS, ModelConfig
+from tests.helpers import REFS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LEGACY_REF = REPO_ROOT.parent / "shared" / "refs" / "rf-detr-nano-perturbed-random.legacy.pth"
+LEGACY_REF = REFS / "rf-detr-nano-perturbed-random.legacy.pth"
 needs_ref = pytest.mark.skipif(not LEGACY_REF.is_file(), reason=f"reference checkpoint not found at {LEGACY_REF}")
 
 

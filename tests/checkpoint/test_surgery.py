@@ -15,10 +15,10 @@ from rfdetr.checkpoint.surgery import class_head_keys, head_layout, is_class_key
 from rfdetr.config import MODEL_PRESETS
 from rfdetr.data.coco_classes import COCO_CLASSES
 from rfdetr.models import build_model
+from tests.helpers import REFS, SHARED, shared_path
 from tests.tolerances import reordered_sum_bound
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-REF_CKPT = SHARED / "refs" / "rf-detr-nano-perturbed-random.legacy.pth"
+REF_CKPT = REFS / "rf-detr-nano-perturbed-random.legacy.pth"
 NAMES = ["apple", "banana", "cherry", "date", "elderberry"]
 # A small nano: full ViT-S (so the keys are the real ones) on a 64x64 input with 10 queries and one decoder layer.
 TINY = MODEL_PRESETS["nano"].replace(resolution=64, positional_encoding_size=4, num_queries=10, num_select=10,
@@ -225,8 +225,7 @@ def test_strip_class_heads(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.Captu
 
 def test_official_layout_by_coco_names(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The published rfdetr layout (Namespace args, 91 COCO slots): names resolve to COCO category ids."""
-    if not REF_CKPT.is_file():
-        pytest.skip(f"{REF_CKPT} is absent: this test reads ../shared beside the repository")
+    shared_path(REF_CKPT.relative_to(SHARED))
     dst = tmp_path / "coco2.pth"
     code, out, err = run_shrink(capsys, "--in_ckpt", str(REF_CKPT), "--out_ckpt", str(dst),
                                 "--keep", "dog", "person")
@@ -243,8 +242,7 @@ def test_official_layout_by_coco_names(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_training_layout_keeps_its_format(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """rfdetr >= 1.7 training layout: dict args, model_config, and a Lightning ``state_dict`` copy, all updated."""
-    if not REF_CKPT.is_file():
-        pytest.skip(f"{REF_CKPT} is absent: this test reads ../shared beside the repository")
+    shared_path(REF_CKPT.relative_to(SHARED))
     legacy = load_checkpoint_file(REF_CKPT)
     src = tmp_path / "new_layout.pth"
     save_checkpoint({

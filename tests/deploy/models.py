@@ -19,6 +19,7 @@ from rfdetr.deploy.runtime.processing import class_name, load_images, preprocess
 from rfdetr.deploy.runtime.runner import ExportedModel
 from rfdetr.detr import RFDETR, RFDETRTiny
 from rfdetr.models.postprocess import box_cxcywh_to_xyxy
+from tests.helpers import perturb
 from tests.tolerances import (
     FLOAT32_FACTOR,
     DetectionTolerance,
@@ -41,14 +42,6 @@ class RFDETRTinySeg(RFDETR):
 
     def _config_for(self, *args: object) -> object:  # type: ignore[override]
         return super()._config_for(*args).replace(segmentation_head=True)  # type: ignore[arg-type]
-
-
-def perturb(model: torch.nn.Module, seed: int) -> None:
-    """Random non-trivial weights (the zero-initialised box delta and mask bias would hide errors)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 def tiny_detector() -> RFDETR:

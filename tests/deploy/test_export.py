@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,39 +42,26 @@ def _assert_graph_portable(path: Path) -> None:
     assert "GridSample" in {n.op_type for n in proto.graph.node}  # deformable attention as a standard op
 
 
-def test_detection_export_matches_pytorch(detector: RFDETR, tmp_path: Path) -> None:
-    path = detector.export(tmp_path)
-    assert path == tmp_path / "inference_model.onnx" and path.is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic write left nothing behind
+def test_detection_graph_is_portable_and_named(exported: Callable[[str, str], Path]) -> None:
+    """ONNX's own promises (the contract test checks outputs and detections): standard operators only, no antialias,
+    named static input and outputs, the metadata readable by :func:`read_metadata` alone."""
+    path = exported("detector", "onnx")
     _assert_graph_portable(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [(i.name, i.shape) for i in session.get_inputs()] == [("input", [1, 3, RESOLUTION, RESOLUTION])]
     assert [(o.name, o.shape) for o in session.get_outputs()] == [("dets", [1, 20, 4]), ("labels", [1, 20, 4])]
     meta = read_metadata(path)
-    assert meta["class_names"] == NAMES + ["class_3"] or meta["class_names"] == NAMES
-    assert meta["resolution"] == RESOLUTION and meta["masks"] is False and meta["num_select"] == 20
+    assert meta["class_names"] == NAMES and meta["resolution"] == RESOLUTION and meta["masks"] is False
     assert meta["mean"] == list(IMAGENET_MEAN) and meta["std"] == list(IMAGENET_STD)
-    assert_outputs_match(detector, OnnxModel(path))
-
-    onnx_model = OnnxModel(path, threads=1)
-    assert onnx_model.class_names == detector.class_names and not onnx_model.masks and onnx_model.batch_size == 1
-    # Three images of different sizes through a batch-1 file: predict() runs them one by one.
-    assert_same_detections(detector, onnx_model, [image(), image(40, 64, 1), image(64, 48, 2)])
-    single = onnx_model.predict(image(), threshold=0.5)
-    assert not isinstance(single, list) and (single.confidence > 0.5).all()
+    assert OnnxModel(path).class_names == NAMES  # the old class name still runs the file
 
 
-def test_segmentation_export_matches_pytorch(segmenter: RFDETR, tmp_path: Path) -> None:
-    path = segmenter.export(tmp_path, batch_size=2)
+def test_segmentation_graph_is_portable(exported: Callable[[str, str], Path]) -> None:
+    path = exported("segmenter", "onnx")
     _assert_graph_portable(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["dets", "labels", "masks"]
     assert session.get_outputs()[2].shape == [2, 20, RESOLUTION // 4, RESOLUTION // 4]
-    assert_outputs_match(segmenter, OnnxModel(path), batch=2)
-    onnx_model = OnnxModel(path)
-    assert onnx_model.masks and onnx_model.batch_size == 2
-    # Three images through a batch-2 file: one full chunk, one padded.
-    assert_same_detections(segmenter, onnx_model, [image(), image(40, 64, 1), image(64, 48, 2)])
 
 
 def test_stage2_export_cli_dynamic_batch(
@@ -101,9 +89,9 @@ def test_stage2_export_cli_dynamic_batch(
     assert [o.name for o in det.get_outputs()] == ["dets", "labels"]
 
 
-def test_dynamic_head_export_matches_pytorch(tiny_dynamic_checkpoint: Path, tmp_path: Path) -> None:
-    """MaskHeadDynamic (image path + per-query MLPs on box-relative coordinates) keeps the export contract: the same
-    [B, N, H/4, W/4] mask logits, in a portable graph, equal to PyTorch's."""
+def test_dynamic_head_graph_is_portable_with_a_dynamic_batch(tiny_dynamic_checkpoint: Path, tmp_path: Path) -> None:
+    """MaskHeadDynamic (image path + per-query MLPs on box-relative coordinates) in a portable graph whose batch is
+    symbolic, equal to PyTorch's at batch 2 (the static-batch file is in the contract test)."""
     argv = ["--weights", str(tiny_dynamic_checkpoint), "--output", str(tmp_path), "--dynamic_batch"]
     assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
     path = tmp_path / "inference_model.onnx"

@@ -12,9 +12,9 @@ from torchvision.ops import sigmoid_focal_loss
 
 from rfdetr.losses import SparseMaskLogits, build_criterion
 from rfdetr.losses.functional import ia_bce_loss
+from tests.helpers import shared_path
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-LOSS_REF = SHARED / "refs" / "rf-detr-nano-perturbed-loss.pt"
+LOSS_REF = ("refs", "rf-detr-nano-perturbed-loss.pt")
 DATA = Path(__file__).resolve().parent / "data"
 # The shared reference stores only the final decoder layer's outputs; the auxiliary (_0) and encoder (_enc) terms,
 # the total and the gradients are checked from our own train-mode forward in tests/models/test_parity.py.
@@ -25,15 +25,9 @@ SEG_REF = DATA / "seg_criterion_parity.pt"
 REL_TOL = 1e-4
 
 
-def _skip_absent(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (reference data kept outside git)")
-
-
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    _skip_absent(LOSS_REF)
-    return torch.load(LOSS_REF, weights_only=True)  # plain tensors/dicts/lists: no allow-listing needed
+    return torch.load(shared_path(*LOSS_REF), weights_only=True)  # plain tensors/dicts/lists: no allow-listing needed
 
 
 def _rel(a: torch.Tensor | float, b: torch.Tensor | float) -> float:

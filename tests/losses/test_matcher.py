@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from rfdetr.losses import HungarianMatcher, SparseMaskLogits, build_matcher
+from tests.helpers import shared_path
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-LOSS_REF = SHARED / "refs" / "rf-detr-nano-perturbed-loss.pt"
+LOSS_REF = ("refs", "rf-detr-nano-perturbed-loss.pt")
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    if not LOSS_REF.exists():
-        pytest.skip(f"{LOSS_REF} is absent: this test reads ../shared beside the repository (clone it there to run it)")
-    return torch.load(LOSS_REF, weights_only=True)  # plain tensors/dicts/lists: no allow-listing needed
+    return torch.load(shared_path(*LOSS_REF), weights_only=True)  # plain tensors/dicts/lists: no allow-listing needed
 
 
 def _outputs(batch: int, groups: int, queries: int, classes: int, seed: int) -> dict[str, torch.Tensor]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from tests.helpers import REFS, SHARED, shared_path
 
-REPO = Path(__file__).resolve().parents[2]
-REFS = REPO.parent / "shared" / "refs"
 NANO_CKPT = REFS / "rf-detr-nano-perturbed-random.legacy.pth"
 NANO_IO = REFS / "rf-detr-nano-perturbed-io.pt"
 NANO_TRAIN = REFS / "rf-detr-nano-perturbed-loss.pt"
@@ -18,7 +16,5 @@ KP_MASK_KEY = "_kp_active_mask"
 
 
 def require(path: Path) -> Path:
-    """Skip the calling test when a shared reference file is absent."""
-    if not path.exists():
-        pytest.skip(f"reference file {path} not found (the shared/ folder beside the repo is absent)")
-    return path
+    """Skip the calling test when a shared reference file is absent (:func:`tests.helpers.shared_path`)."""
+    return shared_path(path.relative_to(SHARED))

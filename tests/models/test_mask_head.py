@@ -11,17 +11,14 @@ from rfdetr.losses.mask_logits import DenseMaskLogits
 from rfdetr.models import build_model
 from rfdetr.models.mask_head import MaskHeadConfig, MaskHeadNano, build_mask_head, resolve_mask_head_kind
 from rfdetr.models.segmenter import Segmenter
+from tests.helpers import perturb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random non-trivial weights (the bias and some projections start at zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return module
+    return perturb(module, seed, scale=0.1)
 
 
 def test_nano_head_is_under_a_quarter_of_maskhead() -> None:

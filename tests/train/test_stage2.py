@@ -44,6 +44,7 @@ from rfdetr.train.stage2 import (
 )
 from rfdetr.util.distributed import DistInfo
 from rfdetr.util.loggers import read_jsonl
+from tests.helpers import REFS, SHARED, shared_path
 
 # 96 px, not the tiny preset's 64: at 64 px the 4x4 token grid is smaller than the 20 queries, and then the detector's
 # train-mode (13 groups) and eval-mode outputs differ; from 6x6 tokens on they agree exactly.
@@ -52,7 +53,7 @@ FAST = ["--size", "tiny", "--workers", "0", "--batch", "2", "--accum", "1", "--m
         "--seed", "3", "--tensorboard", "0"]
 
 
-OFFICIAL = Path(__file__).resolve().parents[2].parent / "shared" / "refs" / "rf-detr-nano-perturbed-random.legacy.pth"
+OFFICIAL = REFS / "rf-detr-nano-perturbed-random.legacy.pth"
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
@@ -295,8 +296,7 @@ def test_every_detector_key_must_load(stage1_run: Path, four_images: Path, tmp_p
 
 
 def _official(layout: str) -> dict:
-    if not OFFICIAL.is_file():
-        pytest.skip(f"{OFFICIAL} is absent: this test reads ../shared beside the repository")
+    shared_path(OFFICIAL.relative_to(SHARED))
     ckpt = load_checkpoint_file(OFFICIAL)
     if layout == "training":  # rfdetr >= 1.7 (Lightning): dict args, model_config, a "model."-prefixed state_dict
         ckpt = {"model": ckpt["model"], "state_dict": {f"model.{k}": v for k, v in ckpt["model"].items()},

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from rfdetr.data.image_io import read_rgb
+from rfdetr.data.masks import encode_masks
 from rfdetr.deploy.media.visualize import render_detections
 from rfdetr.deploy.runtime.detections import Detections
 from rfdetr.deploy.runtime.timing import StageTimer
@@ -104,6 +104,7 @@ def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1)
         ``score``, ``area``, ``iscrowd`` 0 and, with masks, ``segmentation`` (RLE, ``counts`` a string).
     """
     entries = []
+    rles = encode_masks(detections.mask) if detections.mask is not None and len(detections) else []
     for i in range(len(detections)):
         x0, y0, x1, y1 = (float(v) for v in detections.xyxy[i])
         entry: dict[str, Any] = {
@@ -116,8 +117,7 @@ def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1)
             "iscrowd": 0,
         }
         if detections.mask is not None:
-            rle = mask_utils.encode(np.asfortranarray(detections.mask[i].astype(np.uint8)))
-            entry["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            entry["segmentation"] = rles[i]
             entry["area"] = int(detections.mask[i].sum())
         entries.append(entry)
     return entries

@@ -30,9 +30,9 @@ from typing import IO, Any
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from rfdetr.data.masks import encode_masks
 from rfdetr.deploy.media.predict import Predictor
 from rfdetr.deploy.media.sources import SourceError, VideoReader, VideoSource
 from rfdetr.deploy.media.visualize import render_detections
@@ -189,6 +189,7 @@ class _LinesFile(_AtomicFile):
 def frame_record(index: int, timestamp: float, detections: Detections) -> dict[str, Any]:
     """The JSON Lines record of one frame (see the module docstring)."""
     entries = []
+    rles = encode_masks(detections.mask) if detections.mask is not None and len(detections) else []
     for i in range(len(detections)):
         entry: dict[str, Any] = {
             "class_id": int(detections.class_id[i]),
@@ -197,8 +198,7 @@ def frame_record(index: int, timestamp: float, detections: Detections) -> dict[s
             "box": [round(float(v), 2) for v in detections.xyxy[i]],
         }
         if detections.mask is not None:
-            rle = mask_utils.encode(np.asfortranarray(detections.mask[i].astype(np.uint8)))
-            entry["mask"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            entry["mask"] = rles[i]
         if detections.tracker_id is not None:
             track_id = int(detections.tracker_id[i])
             entry["track_id"] = track_id if track_id >= 0 else None
