@@ -338,6 +338,7 @@ class RFDETR:
         split: str = "valid",
         max_map_drop: float | None = None,
         int8_io: str = DEFAULT_INT8_IO,
+        check_images: str | os.PathLike[str] | None = None,
     ) -> Path:
         """Export the model for deployment, in any format of :data:`rfdetr.deploy.export.formats.FORMATS`.
 
@@ -366,9 +367,12 @@ class RFDETR:
                 report kept, and ValueError raised.
             int8_io: with ``int8``, the type of the file's input and outputs: ``float`` (float32), ``int8`` or
                 ``uint8`` (integer I/O for NPUs; tflite only; :func:`rfdetr.deploy.load` converts either way).
+            check_images: a dataset folder or a folder of pictures on which the report checks the file's detections
+                against this model's (default: the calibration images, else one random input).
 
-        A report (format, precision, size, latency, max output differences against this model) is written beside
-        the file as ``<file>.report.json`` (:mod:`rfdetr.deploy.export.report`).
+        A report is written beside the file as ``<file>.report.json`` and logged (:mod:`rfdetr.deploy.export.report`):
+        format, precision, size, latency, and whether the file's detections agree with this model's within the
+        tolerance its format states for that precision (matched detections above 0.5 on ``check_images``).
 
         Returns:
             The path of the written file.
@@ -385,8 +389,8 @@ class RFDETR:
             raise ValueError("max_map_drop needs a dataset to measure the drop on (dataset=DIR, --dataset DIR)")
         path = export_model(self.model, output_dir, format, self.resolution, metadata, batch_size=batch_size,
                             half=half, int8=int8, int8_io=int8_io, calibration=calibration,
-                            calibration_images=calibration_images, with_masks=self.masks, file_name=file_name,
-                            **options)
+                            calibration_images=calibration_images, check_images=check_images,
+                            with_masks=self.masks, file_name=file_name, **options)
         if dataset is not None:
             add_accuracy(path, self, dataset, split, max_map_drop)
         return path

@@ -37,6 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", default=None, help="dataset folder or folder of images for INT8 calibration")
     parser.add_argument("--calibration_images", "--calibration-images", type=int, default=64,
                         help="calibration images used")
+    parser.add_argument("--check_images", "--check-images", default=None,
+                        help="dataset folder or folder of pictures: the report checks the file's detections against "
+                             "PyTorch's on them (default: the calibration images, else one random input)")
     parser.add_argument("--dataset", default=None,
                         help="COCO dataset: the report gets the file's mAP50:95 against the float32 model's")
     parser.add_argument("--split", default="valid", help="split of --dataset that is scored")
@@ -82,6 +85,7 @@ def run_export(args: argparse.Namespace) -> Path:
         int8_io=args.int8_io,
         calibration=args.calibration,
         calibration_images=args.calibration_images,
+        check_images=args.check_images,
         dataset=args.dataset,
         split=args.split,
         max_map_drop=args.max_map_drop,

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rfdetr.deploy.export.formats import FORMATS
+
 # Unit roundoff (half an ulp relative to the value) of float32 and float16.
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 FLOAT16_UNIT_ROUNDOFF = 2.0**-11
@@ -152,5 +154,6 @@ class DetectionTolerance:
 #   bound, which the check leaves out) (/work/tmp/tol/m_int8_final.py).
 # 4.0 is ~1.6x the largest |logit| at which a pixel flipped: pixels whose float logit is larger in magnitude are the
 # ones the float model is sure of, and only they enter the INT8 mask IoU.
-INT8_SCORE_BOUND = {"onnx": 0.15, "openvino": 0.1, "tflite": 0.05}
+# The registry states them (Int8Export.score_tolerance): one place for the numbers the export report judges by.
+INT8_SCORE_BOUND = {name: fmt.int8.score_tolerance for name, fmt in FORMATS.items() if fmt.int8 is not None}
 INT8_MASK_LOGIT_BOUND = 4.0

@@ -59,6 +59,7 @@ def export_model(
     int8_io: str = DEFAULT_INT8_IO,
     calibration: str | os.PathLike[str] | None = None,
     calibration_images: int = 64,
+    check_images: str | os.PathLike[str] | None = None,
     with_masks: bool = True,
     file_name: str | None = None,
     report: bool = True,
@@ -81,6 +82,8 @@ def export_model(
         calibration: a dataset folder or a folder of images, preprocessed as ``predict()`` does; needed with
             ``int8``, and without it the report compares outputs on one random input.
         calibration_images: how many calibration images to use.
+        check_images: a dataset folder or a folder of pictures the report compares the file's detections with
+            PyTorch's on (default: the calibration images, else one random input), up to ``calibration_images``.
         with_masks: keep the mask output when the model has one.
         file_name: name of the file (default: :func:`default_file_name`).
         report: write ``<file>.report.json`` (:mod:`rfdetr.deploy.export.report`).
@@ -115,10 +118,12 @@ def export_model(
     name = file_name or default_file_name(format, half, int8)
     if not name.endswith(fmt.suffix):
         raise ValueError(f"file name {name!r} does not end with {fmt.suffix}, the suffix of {format} files")
-    arrays = None
+    arrays = checks = None
+    mean, std = json.loads(metadata["mean"]), json.loads(metadata["std"])
     if calibration is not None:
-        mean, std = json.loads(metadata["mean"]), json.loads(metadata["std"])
         arrays = calibration_arrays(calibration_files(calibration, calibration_images), resolution, mean, std)
+    if check_images is not None:
+        checks = calibration_arrays(calibration_files(check_images, calibration_images), resolution, mean, std)
     module, example = prepare_export(model, resolution, batch_size, with_masks)
     entries = {**metadata, "format": format, "precision": precision}
     path = Path(output_dir) / name
@@ -141,8 +146,15 @@ def export_model(
         module_.export(module, path, example, entries, half=half, **options)
     seconds = time.perf_counter() - start
     if report:
-        inputs = arrays if arrays is not None else [example[:1].numpy()]
-        write_report(path, build_report(path, fmt, precision, module, inputs, seconds, batch_size))
+        if checks is not None:
+            inputs, compared_on = checks, f"{len(checks)} check image(s)"
+        elif arrays is not None:
+            inputs, compared_on = arrays, f"{len(arrays)} calibration image(s)"
+        else:
+            inputs, compared_on = [example[:1].numpy()], "1 random input"
+        num_select = int(metadata.get("num_select", 300))
+        write_report(path, build_report(path, fmt, precision, module, inputs, seconds, batch_size,
+                                        num_select=num_select, compared_on=compared_on))
     return path
 
 

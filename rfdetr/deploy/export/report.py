@@ -1,8 +1,10 @@
 """The export report written beside every exported file (``<file>.report.json``), and printed.
 
-It says what the file is (format, precision, size), how fast it runs here, how far its outputs are from PyTorch
-float32 on the calibration images (or on one random input without them), and, when a dataset was given, what it costs
-in COCO mAP against the float32 model.
+It says what the file is (format, precision, size), how fast it runs here, whether its detections agree with PyTorch
+float32's within the tolerance the format states for that precision (:mod:`rfdetr.deploy.export.agreement`: matched
+detections above the threshold on the check images, the calibration images, or one random input without either), the
+raw slot-by-slot output differences labelled as such, and, when a dataset was given, what the file costs in COCO mAP
+against the float32 model.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from rfdetr.deploy.export.agreement import compare_detections, merge, stated_bound
 from rfdetr.deploy.export.formats import ExportFormat, load_format
 from rfdetr.deploy.export.metadata import sidecar_path
 from rfdetr.util.run_dir import write_json_atomic
 
-__all__ = ["build_report", "companion_files", "format_report", "remove_export", "report_path", "write_report"]
+__all__ = [
+    "build_report", "companion_files", "format_report", "remove_export", "report_path", "verdict", "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +63,8 @@ def _size_mb(path: Path) -> float:
 
 
 def build_report(path: Path, fmt: ExportFormat, precision: str, module: nn.Module, inputs: Sequence[np.ndarray],
-                 export_seconds: float, batch_size: int = 1, latency_runs: int = 5) -> dict[str, Any]:
+                 export_seconds: float, batch_size: int = 1, latency_runs: int = 5, num_select: int = 300,
+                 compared_on: str | None = None, threshold: float = 0.5) -> dict[str, Any]:
     """Run the written file in its runtime against the PyTorch float32 ``module`` it came from.
 
     Args:
@@ -70,16 +76,24 @@ def build_report(path: Path, fmt: ExportFormat, precision: str, module: nn.Modul
         export_seconds: how long writing the file took.
         batch_size: the file's static batch (inputs are repeated to fill it).
         latency_runs: timed runs of the first input (after one warm-up run).
+        num_select: the file's (query, class) pairs per image (its metadata), as ``predict`` keeps them.
+        compared_on: what ``inputs`` are, for the report (``"4 check image(s)"`` ...).
+        threshold: the detection threshold of the agreement check.
     """
     session = load_format(fmt).Session(path)
     diffs = dict.fromkeys(OUTPUTS[: 3 if module.with_masks else 2], 0.0)
+    bound = stated_bound(fmt, precision)
+    agreement = []
     for array in inputs:
         feed = np.repeat(array, batch_size, axis=0)
-        got = session.run(feed)
+        got = [torch.from_numpy(np.asarray(out, dtype=np.float32)) for out in session.run(feed)]
         with torch.no_grad():
             expected = module(torch.from_numpy(feed))
         for name, ours, theirs in zip(diffs, got, expected, strict=True):
-            diffs[name] = max(diffs[name], float(np.abs(np.asarray(ours, dtype=np.float32) - theirs.numpy()).max()))
+            diffs[name] = max(diffs[name], float((ours - theirs).abs().max()))
+        # The first copy of the batch only: the others repeat it.
+        agreement.append(compare_detections([t[:1] for t in expected], [t[:1] for t in got], bound, threshold,
+                                             num_select))
     feed = np.repeat(inputs[0], batch_size, axis=0)
     session.run(feed)
     times = []
@@ -92,16 +106,19 @@ def build_report(path: Path, fmt: ExportFormat, precision: str, module: nn.Modul
         "export_seconds": round(export_seconds, 1),
         "latency_ms": {"median": round(statistics.median(times), 2), "runs": latency_runs, "batch": batch_size,
                        "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {platform.processor()}"},
+        "detections": merge(agreement),
+        # Slot by slot over all Q proposals: near-tied proposals may trade slots, so this is no verdict.
         "max_abs_diff_vs_pytorch_float32": {k: float(f"{v:.3g}") for k, v in diffs.items()},
-        "compared_on": f"{len(inputs)} calibration image(s)" if len(inputs) > 1 or precision == "int8"
-        else "1 input",
+        "compared_on": compared_on or (f"{len(inputs)} calibration image(s)" if len(inputs) > 1 or precision == "int8"
+                                       else "1 random input"),
     }
 
 
 def write_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:
     """Write ``<file>.report.json`` (atomically) and log its summary."""
     out = write_json_atomic(report_path(path), dict(report))
-    logger.info("%s", format_report(report))
+    detections = report.get("detections") or {}
+    logger.log(logging.WARNING if detections.get("meets") is False else logging.INFO, "%s", format_report(report))
     return out
 
 
@@ -109,14 +126,37 @@ def format_report(report: Mapping[str, Any]) -> str:
     """One readable paragraph of a report."""
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in report["max_abs_diff_vs_pytorch_float32"].items())
     text = (f"{report['file']}: {report['format']} {report['precision']}, {report['size_mb']:.1f} MB, "
-            f"{report['latency_ms']['median']:.1f} ms per batch of {report['latency_ms']['batch']} here; max |diff| "
-            f"vs PyTorch float32 on {report['compared_on']}: {diffs}")
+            f"{report['latency_ms']['median']:.1f} ms per batch of {report['latency_ms']['batch']} here; "
+            f"{verdict(report)}; raw outputs slot by slot (near-tied proposals may trade slots, no verdict): max "
+            f"|diff| {diffs}")
     if "accuracy" in report:
         acc = report["accuracy"]
         parts = [f"{t} mAP50:95 {acc['exported'][t]:.4f} vs float32 {acc['float32'][t]:.4f} "
-                 f"({acc['drop_points'][t]:+.2f} points)" for t in acc["exported"]]
+                 f"({abs(acc['drop_points'][t]):.2f} points {'lost' if acc['drop_points'][t] > 0 else 'gained'})"
+                 for t in acc["exported"]]
         text += f"; on {acc['dataset']} {acc['split']}: " + ", ".join(parts)
     return text
+
+
+def verdict(report: Mapping[str, Any]) -> str:
+    """Whether the file meets its format's stated tolerance, in words, with the numbers behind it."""
+    det = report.get("detections")
+    if det is None:
+        return "detections not compared (a report from before the agreement check)"
+    where = f"detections above {det['threshold']} on {report['compared_on']}"
+    if det["compared"] == 0 and det["extra"] == 0:
+        return (f"no {where} to compare (an untrained model, or no objects: pass --check_images DIR with real "
+                f"pictures), so no verdict")
+    bound = det["bound"]
+    numbers = [f"score diff {det['max_score_diff']} (<= {bound['score']})",
+               f"box IoU {det['min_box_iou']} (>= {bound['box_iou']})"]
+    if det["min_mask_iou"] is not None:
+        numbers.append(f"mask IoU {det['min_mask_iou']} (>= {bound['mask_iou']})")
+    if det["meets"]:
+        return f"MEETS the {report['format']} {report['precision']} tolerance: {det['compared']} {where}, " + \
+            ", ".join(numbers)
+    return (f"DOES NOT MEET the {report['format']} {report['precision']} tolerance: of {det['compared']} {where}, "
+            f"{det['missing']} missing or off, {det['extra']} extra; " + ", ".join(numbers))
 
 
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
