@@ -26,6 +26,7 @@ from torch import nn
 from rfdetr.checkpoint import (
     CheckpointError,
     LoadReport,
+    checkpoint_category_ids,
     checkpoint_class_names,
     extract_state_dict,
     infer_model_config,
@@ -172,6 +173,10 @@ class RFDETR:
         # so that a checkpoint saved from it does not claim names nobody chose.
         recorded = class_names if class_names is not None else ckpt_names
         self.model_config = cfg.replace(class_names=tuple(recorded or ()))
+        # The training dataset's category id of each class, when the checkpoint records them (and names were not
+        # replaced): predictions then carry the dataset's ids, so its own annotation file scores them.
+        ids = checkpoint_category_ids(ckpt) if ckpt is not None and heads_loaded and class_names is None else None
+        self.category_ids: list[int] | None = ids if ids is not None and len(ids) <= len(self.class_names) else None
         has_masks = cfg.segmentation_head or isinstance(self.model, Segmenter)
         self.masks = has_masks if masks is None else bool(masks)
         if masks and not has_masks:
@@ -383,8 +388,9 @@ class RFDETR:
             ImportError: the format's packages are not installed (the message gives the pip command).
         """
         options = onnx_options(format, opset, dynamic_batch, simplify)
+        ids = {"category_ids": self.category_ids} if self.category_ids is not None else {}
         metadata = export_metadata(type(self).__name__, self.class_names, self.resolution, IMAGENET_MEAN,
-                                   IMAGENET_STD, self.postprocess.num_select, self.masks)
+                                   IMAGENET_STD, self.postprocess.num_select, self.masks, **ids)
         if max_map_drop is not None and dataset is None:
             raise ValueError("max_map_drop needs a dataset to measure the drop on (dataset=DIR, --dataset DIR)")
         path = export_model(self.model, output_dir, format, self.resolution, metadata, batch_size=batch_size,

@@ -100,6 +100,8 @@ def run_predict(args: argparse.Namespace) -> None:
             f"{summary.num_images} images, {summary.num_detections} detections, {len(summary.skipped)} skipped "
             f"(unreadable); pictures in {out}, predictions in {summary.predictions}"
         )
+        if summary.num_detections == 0:
+            print(no_detection_hint(args.threshold))
     if videos:
         from rfdetr.deploy.media.video import predict_videos
 
@@ -114,6 +116,13 @@ def run_predict(args: argparse.Namespace) -> None:
             print(f"{s.source}: {s.frames_processed} frames processed of {s.frames_read} read ({s.ended}), "
                   f"{s.detections} detections, {s.fps_processed:.1f} frames/s; video {s.video}, frames {s.jsonl}")
             print(s.speed_line)
+
+
+def no_detection_hint(threshold: float) -> str:
+    """One line on why a run found nothing, with the likely causes."""
+    return (f"no detection above {threshold} in any image: the model's scores sit below the threshold (try "
+            "--threshold 0.2 to see them), or it is barely trained (random or from-scratch weights, too few epochs: "
+            "its run's results.json shows the AP), or trained on other objects")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from rfdetr.checkpoint.files import (
     QUERY_KEYS,
     CheckpointError,
     checkpoint_args,
+    checkpoint_category_ids,
     checkpoint_class_names,
     extract_state_dict,
     load_checkpoint_file,
@@ -39,6 +40,7 @@ from rfdetr.checkpoint.infer import StateDictShapes, infer_model_config, read_sh
 __all__ = [
     "CLASS_BIAS_KEY", "CLASS_HEAD_PREFIXES", "IGNORED_KEYS", "PATCH_EMBED_KEY", "POS_EMBED_KEY", "QUERY_KEYS",
     "CheckpointError", "LoadReport", "StateDictShapes", "adapt_state_dict", "checkpoint_args",
-    "checkpoint_class_names", "expected_shapes", "extract_state_dict", "infer_model_config", "interpolate_pos_embed",
+    "checkpoint_category_ids", "checkpoint_class_names",
+    "expected_shapes", "extract_state_dict", "infer_model_config", "interpolate_pos_embed",
     "load_checkpoint_file", "load_into", "make_checkpoint", "read_shapes", "save_checkpoint", "slice_queries",
 ]

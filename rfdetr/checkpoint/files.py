@@ -175,6 +175,16 @@ def checkpoint_args(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def checkpoint_category_ids(ckpt: Mapping[str, Any]) -> list[int] | None:
+    """The training dataset's category id of each class (our ``category_ids`` key), or ``None`` when not recorded
+    (rfdetr's checkpoints, ours from before it was recorded, or an entry that is not a list of distinct ints)."""
+    ids = ckpt.get("category_ids")
+    if isinstance(ids, Sequence) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids) \
+            and len(set(ids)) == len(ids):
+        return [int(i) for i in ids]
+    return None
+
+
 def checkpoint_class_names(ckpt: Mapping[str, Any]) -> list[str] | None:
     """Class names recorded in the checkpoint, or ``None``.
 

@@ -214,6 +214,15 @@ def shrink_checkpoint(ckpt: dict[str, Any], rows: Sequence[int], class_names: li
         out["model_config"] = dict(out["model_config"])
     _update_metadata(out, len(rows), class_names)
     changes.append(f"num_classes -> {len(rows)}, class_names -> {class_names}")
+    ids = out.get("category_ids")
+    if isinstance(ids, list):
+        # The dataset ids of the kept classes (rows are class indices); a row beyond them has none to keep.
+        if all(0 <= r < len(ids) for r in rows):
+            out["category_ids"] = [ids[r] for r in rows]
+            changes.append(f"category_ids -> {out['category_ids']}")
+        else:
+            del out["category_ids"]
+            changes.append("category_ids: dropped (a kept row has no recorded dataset id)")
     return out, changes
 
 
@@ -239,6 +248,9 @@ def strip_checkpoint(ckpt: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if entry in out:
             del out[entry]
             removed.append(f"{entry} (training state)")
+    if "category_ids" in out:  # no class heads, no classes: the next training records its dataset's ids
+        del out["category_ids"]
+        removed.append("category_ids")
     return out, removed
 
 

@@ -73,6 +73,8 @@ class TrainingJob:
         state_dict: what goes under ``model`` in checkpoints (default: the full state dict).
         load_state_dict: the inverse, for resume (default: strict ``load_state_dict``).
         checkpoint_extra: more top-level entries for every checkpoint (e.g. the mask-head config).
+        category_ids: the dataset's category id of each class (recorded as ``category_ids``, so that predictions can
+            use the dataset's ids; :func:`rfdetr.checkpoint.checkpoint_category_ids`).
         use_ema: keep an EMA of the trainable weights (overrides ``TrainConfig.use_ema`` when not None).
     """
 
@@ -93,6 +95,7 @@ class TrainingJob:
     state_dict: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
     load_state_dict: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
+    category_ids: list[int] | None = None
 
 
 @dataclass
@@ -202,8 +205,9 @@ class _Fit:
     # ------------------------------------------------------------------------------------------ checkpoints
 
     def _weights_file(self, weights: dict[str, torch.Tensor], epoch: int, **extra: Any) -> dict[str, Any]:
+        ids = {"category_ids": list(self.job.category_ids)} if self.job.category_ids is not None else {}
         return make_checkpoint(weights, self.job.model_cfg, self.job.class_names, stage=self.job.stage, epoch=epoch,
-                               **self.job.checkpoint_extra, **extra)
+                               **ids, **self.job.checkpoint_extra, **extra)
 
     def _save_last(self, epoch: int) -> None:
         if not self.dist.is_main:
@@ -302,8 +306,8 @@ class _Fit:
         source = self.run_dir / ("checkpoint_best_ema.pth" if use_ema else "checkpoint_best_regular.pth")
         if source.exists():
             best = load_checkpoint_file(source)
-            keep = ("model", "args", "model_name", "model_config", "class_names", "stage", "epoch", "metric",
-                    *self.job.checkpoint_extra)
+            keep = ("model", "args", "model_name", "model_config", "class_names", "category_ids", "stage", "epoch",
+                    "metric", *self.job.checkpoint_extra)
             save_checkpoint({k: v for k, v in best.items() if k in keep}, self.run_dir / "checkpoint_best_total.pth")
             results["best_total_source"] = source.name
             if self.job.test_set is not None and self.cfg.run_test:

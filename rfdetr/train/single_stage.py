@@ -215,6 +215,7 @@ def build_job(
         model=built.model,
         model_cfg=cfg,
         class_names=list(cfg.class_names),
+        category_ids=list(probe.label_to_category_id),
         criterion=build_criterion_for(cfg, loss_cfg, segmentation=True),
         postprocess=PostProcess(train_cfg.eval_num_select),
         train_set=train,

@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> FitResult | dict[str, Any]:
                   if train_cfg.multi_scale and not train_cfg.do_random_resize_via_padding else [])
         job = TrainingJob(
             stage="detector", model=model, model_cfg=cfg, class_names=list(cfg.class_names),
+            category_ids=list(probe.label_to_category_id),
             criterion=build_criterion_for(cfg, loss_cfg), postprocess=PostProcess(train_cfg.eval_num_select),
             train_set=train, val_set=valid, test_set=test,
             param_groups=detector_param_groups(cfg, optim_cfg, train_cfg.freeze_encoder), iou_type="bbox",

@@ -351,7 +351,8 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
     source = Path(train_cfg.resume) if train_cfg.resume else find_checkpoint(args.stage1_run, args.checkpoint)
     ckpt = load_checkpoint_file(source)
     detector_state, head_state = split_mask_head(extract_state_dict(ckpt))
-    names = CocoDetection(root, "valid").class_names  # class names without decoding any image
+    probe = CocoDetection(root, "valid")  # class names and ids without decoding any image
+    names = probe.class_names
     check_classes(source, ckpt, detector_state, root, names)
     cfg = detector_config(args.size, args.resolution, ckpt, names)
     detector = build_model(cfg)
@@ -386,6 +387,7 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
               if train_cfg.multi_scale and not train_cfg.do_random_resize_via_padding else [])
     job = TrainingJob(
         stage="seg_stage2", model=model, model_cfg=cfg, class_names=names,
+        category_ids=list(probe.label_to_category_id),
         criterion=build_stage2_criterion(loss_cfg, cfg.dec_layers), postprocess=PostProcess(train_cfg.eval_num_select),
         train_set=train, val_set=valid, test_set=test, param_groups=mask_head_param_groups(optim_cfg),
         iou_type="segm", run_prefix=f"segmentation_{args.size}_{cfg.resolution}", forward=forward,

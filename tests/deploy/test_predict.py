@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from rfdetr import predict as predict_cli
+from rfdetr.checkpoint import load_checkpoint_file, save_checkpoint
 from rfdetr.data.image_io import read_rgb
 from rfdetr.deploy.media.predict import collect_images, detections_to_coco
 from rfdetr.deploy.media.visualize import render_detections
@@ -167,3 +168,45 @@ def test_detections_to_coco_without_masks() -> None:
             "iscrowd": 0,
         }
     ]
+
+
+@pytest.mark.parametrize("ids", [[1, 2, 3], [5, 9, 20], None], ids=["ids_1_to_K", "sparse_ids", "not_recorded"])
+def test_predictions_use_the_dataset_category_ids(
+    ids: list[int] | None, tiny_stage2_checkpoint: Path, strawberry_image: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A checkpoint that records its dataset's category ids writes predictions in those ids (and says so), so the
+    dataset's own annotation file scores them with pycocotools; without them, class indices, said as much."""
+    ckpt = load_checkpoint_file(tiny_stage2_checkpoint)
+    if ids is None:
+        ckpt.pop("category_ids", None)
+    else:
+        ckpt["category_ids"] = ids
+    weights = save_checkpoint(ckpt, tmp_path / "model.pth")
+    out = tmp_path / "out"
+    assert _run(["--weights", str(weights), "--source", str(strawberry_image), "--output", str(out),
+                 "--threshold", "0.0"]) == 0
+    predictions = json.loads((out / "predictions.json").read_text())
+    expected = ids if ids is not None else [0, 1, 2]
+    assert predictions["info"]["category_ids"] == ("dataset" if ids is not None else "class_index")
+    assert [c["id"] for c in predictions["categories"]][:3] == expected
+    used = {a["category_id"] for a in predictions["annotations"]}
+    assert used and used <= set(expected) | {3}  # 3: the tiny model's extra logit, which no dataset class owns
+    if ids is not None:
+        # The dataset's own ground truth (same image, one box per class, its ids) scores the predictions.
+        gt = {"images": predictions["images"], "annotations": [
+            {"id": k + 1, "image_id": 1, "category_id": c, "bbox": [10, 10, 50, 50], "area": 2500, "iscrowd": 0}
+            for k, c in enumerate(ids)], "categories": [{"id": c, "name": f"c{c}"} for c in ids]}
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        results = [a for a in predictions["annotations"] if a["category_id"] in ids]
+        assert results and coco.loadRes(results).getCatIds() == ids  # every prediction's id is the dataset's
+
+
+def test_no_detection_says_why(tiny_stage2_checkpoint: Path, strawberry_image: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["--weights", str(tiny_stage2_checkpoint), "--source", str(strawberry_image), "--output",
+                 str(tmp_path), "--threshold", "0.999"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("no detection above 0.999 in any image: the model's scores sit below the threshold")

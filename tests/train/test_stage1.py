@@ -57,8 +57,9 @@ def test_run_folder_contents(overfit_run: Path) -> None:
     last = load_checkpoint_file(overfit_run / "checkpoint.pth")
     assert {"model", "args", "optimizer", "lr_scheduler", "ema_model", "epoch", "rng", "best"} <= set(last)
     assert last["epoch"] == 44 and last["class_names"] == ["circle", "square", "triangle"]
+    assert last["category_ids"] == [1, 2, 3]  # the dataset's ids (Roboflow's placeholder 0 dropped), for predictions
     best = load_checkpoint_file(overfit_run / "checkpoint_best_total.pth")
-    assert "optimizer" not in best and best["args"].num_classes == 3
+    assert "optimizer" not in best and best["args"].num_classes == 3 and best["category_ids"] == [1, 2, 3]
     build_model(TINY_CONFIG.replace(num_classes=3)).load_state_dict(best["model"], strict=True)
 
 
@@ -94,6 +95,7 @@ def test_stage1_checkpoint_through_shrink_head(overfit_run: Path, four_images: P
     assert shrink_head.main(shrink_head.get_args_parser().parse_args(argv)) == 0
     shrunk = load_checkpoint_file(out)
     assert shrunk["class_names"] == ["circle", "triangle"] and shrunk["args"].num_classes == 2
+    assert shrunk["category_ids"] == [1, 3]  # the kept classes' ids in the dataset they were trained on
     build_model(TINY_CONFIG.replace(num_classes=2)).load_state_dict(shrunk["model"], strict=True)
 
 

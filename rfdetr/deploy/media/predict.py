@@ -3,10 +3,12 @@
 For every image :func:`predict_images` writes a picture with the boxes, ``name score`` labels and translucent masks
 (:func:`rfdetr.deploy.media.visualize.render_detections`) to the output folder (PNG sources as PNG, the rest as JPEG,
 named after the source), and at the end one COCO-format ``predictions.json``: ``images`` (id, file_name, width,
-height, path), ``categories`` and ``annotations`` with ``image_id``, ``category_id`` (the class id), ``bbox`` (x, y,
-w, h in pixels), ``score``, ``area`` and, for models with masks, ``segmentation`` as compressed RLE. pycocotools
-reads it with ``COCO(path)``, and its ``annotations`` list is a valid ``loadRes`` result list. Files that cannot be
-read as images are skipped, counted and logged.
+height, path), ``categories`` and ``annotations`` with ``image_id``, ``category_id``, ``bbox`` (x, y, w, h in pixels),
+``score``, ``area`` and, for models with masks, ``segmentation`` as compressed RLE. pycocotools reads it with
+``COCO(path)``, and its ``annotations`` list is a valid ``loadRes`` result list. Category ids are the training
+dataset's when the model records them (checkpoints trained here do; ``info.category_ids`` says ``dataset``), so the
+dataset's own annotation file scores the predictions; otherwise they are the class indices (``class_index``: for
+rfdetr's COCO checkpoints those are COCO's ids). Files that cannot be read as images are skipped, counted and logged.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Predictor(Protocol):
     :class:`rfdetr.deploy.runtime.runner.OnnxModel`."""
 
     class_names: list[str]
+    category_ids: list[int] | None
 
     def predict(
         self, images: Any, threshold: float = 0.5, timer: StageTimer | None = None
@@ -91,13 +94,15 @@ def collect_images(source: str | os.PathLike[str]) -> list[Path]:
     raise FileNotFoundError(f"--source {text!r}: no such image file or folder, and no file matches it as a glob")
 
 
-def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1) -> list[dict[str, Any]]:
+def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1,
+                       category_ids: list[int] | None = None) -> list[dict[str, Any]]:
     """COCO result entries of one image.
 
     Args:
         detections: boxes in pixels; ``mask`` [N, H, W] bool when present.
         image_id: the image's id.
         first_id: annotation id of the first entry (ids are consecutive).
+        category_ids: the dataset's category id of each class; ``None``: the class index is the id.
 
     Returns:
         One dict per detection: ``id``, ``image_id``, ``category_id`` (the class id), ``bbox`` [x, y, w, h],
@@ -110,7 +115,7 @@ def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1)
         entry: dict[str, Any] = {
             "id": first_id + i,
             "image_id": image_id,
-            "category_id": int(detections.class_id[i]),
+            "category_id": category_id(int(detections.class_id[i]), category_ids),
             "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
             "score": float(detections.confidence[i]),
             "area": round((x1 - x0) * (y1 - y0), 2),
@@ -121,6 +126,11 @@ def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1)
             entry["area"] = int(detections.mask[i].sum())
         entries.append(entry)
     return entries
+
+
+def category_id(class_id: int, category_ids: list[int] | None) -> int:
+    """The dataset's category id of a class, or the class index where none is recorded for it."""
+    return category_ids[class_id] if category_ids is not None and class_id < len(category_ids) else class_id
 
 
 def _picture_path(output: Path, source: Path, used: set[str]) -> Path:
@@ -178,16 +188,21 @@ def predict_images(
         summary.pictures.append(picture)
         height, width = image.shape[:2]
         images.append({"id": image_id, "file_name": path.name, "width": width, "height": height, "path": str(path)})
-        annotations += detections_to_coco(detections, image_id, first_id=len(annotations) + 1)
+        annotations += detections_to_coco(detections, image_id, first_id=len(annotations) + 1,
+                                          category_ids=getattr(model, "category_ids", None))
     if summary.skipped:
         logger.warning("%d of %d files could not be read as images and were skipped", len(summary.skipped), len(paths))
     if not images:
         raise ValueError(f"none of the {len(paths)} source files could be read as an image")
+    ids = getattr(model, "category_ids", None)
     categories = [
-        {"id": i, "name": name, "supercategory": "none"} for i, name in enumerate(model.class_names) if name != "N/A"
+        {"id": category_id(i, ids), "name": name, "supercategory": "none"}
+        for i, name in enumerate(model.class_names) if name != "N/A"
     ]
     coco = {
-        "info": {"description": "rfdetr.predict", "threshold": threshold},
+        "info": {"description": "rfdetr.predict", "threshold": threshold,
+                 # Which ids ``category_id`` holds: the training dataset's, or the model's class indices.
+                 "category_ids": "dataset" if ids is not None else "class_index"},
         "images": images,
         "categories": categories,
         "annotations": annotations,

@@ -55,6 +55,7 @@ class ExportedModel:
         masks: whether the file has a mask output.
         batch_size: the file's static batch size, or ``None`` for a dynamic batch.
         metadata: the decoded metadata.
+        category_ids: the training dataset's category id of each class, or ``None`` when the file does not say.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -90,6 +91,9 @@ class ExportedModel:
             self.class_names: list[str] = [str(n) for n in names]
         else:
             self.class_names = [f"class_{i}" for i in range(int(num_logits or 0))]
+        ids = meta.get("category_ids")
+        # The training dataset's category id of each class, when the exporting model knew them (see RFDETR).
+        self.category_ids: list[int] | None = [int(i) for i in ids] if isinstance(ids, list) and ids else None
         self.postprocess = PostProcess(num_select=int(meta.get("num_select", 300)))
 
     def run(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
