@@ -391,14 +391,21 @@ def test_stage2_full_head_exports_as_instance_segmentation(tmp_path: Path) -> No
     assert all(torch.equal(sd[k], v) for k, v in model.checkpoint_state_dict().items())
 
 
-def _cli_error(checkpoint: Path, tmp_path: Path) -> str:
-    """The converter's exit code 2 and its one line on stderr (a subprocess: no traceback may reach the user)."""
-    cli = [sys.executable, "-m", "rfdetr.checkpoint.huggingface", "--checkpoint", str(checkpoint),
-           "--output", str(tmp_path / "out.pth")]
+def _cli_error(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The converter's exit code 2 and its one line on stderr (any other exception would escape and fail here)."""
+    capsys.readouterr()
+    assert _convert(checkpoint, tmp_path / "out.pth") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("rfdetr.checkpoint.huggingface: error: "), err
+    return err
+
+
+def test_cli_runs_as_a_module_and_exits_2_without_traceback(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "rfdetr.checkpoint.huggingface", "--checkpoint", str(tmp_path / "missing"),
+           "--output", str(tmp_path / "out")]
     result = subprocess.run(cli, cwd=REPO_ROOT, capture_output=True, text=True)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    return result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "missing" in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -408,7 +415,7 @@ def nano_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_another_architecture_is_refused(tmp_path: Path) -> None:
+def test_another_architecture_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "detr"
     folder.mkdir()
     (folder / CONFIG_FILE).write_text(json.dumps({"model_type": "detr", "architectures": ["DetrForObjectDetection"]}))
@@ -417,23 +424,25 @@ def test_another_architecture_is_refused(tmp_path: Path) -> None:
     save_file({"model.backbone.conv.weight": torch.zeros(2, 2)}, str(folder / WEIGHTS_FILE))
     with pytest.raises(CheckpointError, match="transformers 'detr' model, not RF-DETR"):
         RFDETR.from_checkpoint(folder)
-    assert "not RF-DETR" in _cli_error(folder, tmp_path)
+    assert "not RF-DETR" in _cli_error(folder, tmp_path, capsys)
 
 
-def test_config_without_weights_is_refused(nano_folder: Path, tmp_path: Path) -> None:
+def test_config_without_weights_is_refused(nano_folder: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "config_only"
     folder.mkdir()
     shutil.copy(nano_folder / CONFIG_FILE, folder / CONFIG_FILE)
     with pytest.raises(CheckpointError, match="config.json but no model.safetensors"):
         RFDETRNano(pretrain_weights=folder)
-    assert "no model.safetensors" in _cli_error(folder, tmp_path)
+    assert "no model.safetensors" in _cli_error(folder, tmp_path, capsys)
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copy(nano_folder / WEIGHTS_FILE, lone / WEIGHTS_FILE)
-    assert "needs its config.json beside" in _cli_error(lone / WEIGHTS_FILE, tmp_path)
+    assert "needs its config.json beside" in _cli_error(lone / WEIGHTS_FILE, tmp_path, capsys)
 
 
-def test_weights_that_do_not_match_the_config_are_refused(nano_folder: Path, tmp_path: Path) -> None:
+def test_weights_that_do_not_match_the_config_are_refused(nano_folder: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "mismatch"
     shutil.copytree(nano_folder, folder)
     config = json.loads((folder / CONFIG_FILE).read_text())
@@ -441,4 +450,21 @@ def test_weights_that_do_not_match_the_config_are_refused(nano_folder: Path, tmp
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="decoder_layers=3 but .* holds a model with 2"):
         RFDETR.from_checkpoint(folder)
-    assert "does not describe these weights" in _cli_error(folder, tmp_path)
+    assert "does not describe these weights" in _cli_error(folder, tmp_path, capsys)
+
+
+def test_every_entry_point_takes_a_transformers_folder(nano_folder: Path, tmp_path: Path) -> None:
+    """--weights / --checkpoint (load_model), pretrain_weights=, --pretrained (train) and surgery."""
+    from rfdetr.checkpoint.surgery import shrink_head_file
+    from rfdetr.detr import load_model
+    from rfdetr.models import build_model
+    from rfdetr.train.args import load_pretrained
+
+    model = load_model(str(nano_folder), device="cpu")
+    assert type(model).__name__ == "RFDETRNano" and model.class_names == NAMES
+    assert RFDETRNano(pretrain_weights=nano_folder / WEIGHTS_FILE, device="cpu").class_names == NAMES
+    report = load_pretrained(build_model(get_preset("nano").replace(num_classes=3)), str(nano_folder))
+    assert report.missing == [] and report.unexpected == []
+    lines = shrink_head_file(nano_folder, tmp_path / "two.pth", keep=["ripe", "flower"])
+    assert lines[-1].startswith("wrote")
+    assert load_checkpoint_file(tmp_path / "two.pth")["class_names"] == ["ripe", "flower"]
