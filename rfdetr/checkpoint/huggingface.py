@@ -584,6 +584,10 @@ def read_transformers_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]
         if value != have:
             raise CheckpointError(f"{config_path}: {field}={value!r} but {weights_path} holds a model with "
                                   f"{have!r} ({name}): the config does not describe these weights")
+    labels = config.get("id2label")
+    if isinstance(labels, Mapping) and labels and len(labels) != shapes.num_logits:
+        raise CheckpointError(f"{config_path}: id2label names {len(labels)} labels but {weights_path} has "
+                              f"{shapes.num_logits} class logits: the config does not describe these weights")
     eps = config.get("layer_norm_eps", 1e-5)
     if not (isinstance(eps, float) and math.isclose(eps, PROJECTOR_EPS)):
         logger.info("%s: layer_norm_eps=%s; rfdetr's projector uses %s, as this toolkit does (outputs move by about "

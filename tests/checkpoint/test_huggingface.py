@@ -451,6 +451,10 @@ def test_weights_that_do_not_match_the_config_are_refused(nano_folder: Path, tmp
     with pytest.raises(CheckpointError, match="decoder_layers=3 but .* holds a model with 2"):
         RFDETR.from_checkpoint(folder)
     assert "does not describe these weights" in _cli_error(folder, tmp_path, capsys)
+    config["decoder_layers"] = 2
+    config["id2label"] = {str(i): f"c{i}" for i in range(91)}
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    assert "id2label names 91 labels but" in _cli_error(folder, tmp_path, capsys)
 
 
 def test_every_entry_point_takes_a_transformers_folder(nano_folder: Path, tmp_path: Path) -> None:
