@@ -33,6 +33,7 @@ from rfdetr.checkpoint import (
     load_checkpoint_file,
     load_into,
 )
+from rfdetr.checkpoint.huggingface import save_model_as_transformers
 from rfdetr.checkpoint.loading import attach_mask_head, model_config_for_checkpoint, resolve_class_names, split_stage2
 from rfdetr.checkpoint.weights import PRESET_WEIGHTS, resolve_weights
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, MODEL_PRESETS, TINY_CONFIG, TINY_SEG_CONFIG, ModelConfig
@@ -75,7 +76,8 @@ class RFDETR:
     Use a preset subclass (``RFDETRNano``, ``RFDETRSegSmall`` ...) or :meth:`from_checkpoint`.
 
     Args:
-        pretrain_weights: a checkpoint path or an official weight name (``rf-detr-nano.pth`` ...). ``None`` loads the
+        pretrain_weights: a checkpoint path, a Hugging Face transformers RF-DETR folder (or its model.safetensors)
+            or an official weight name (``rf-detr-nano.pth`` ...). ``None`` loads the
             preset's official COCO weights (from the cache, downloading them if needed), as rfdetr does; ``False``
             builds a randomly initialised model.
         num_classes: number of classes (the head has ``num_classes + 1`` logits). Default: the checkpoint's. A
@@ -400,6 +402,20 @@ class RFDETR:
         if dataset is not None:
             add_accuracy(path, self, dataset, split, max_map_drop)
         return path
+
+    def save_pretrained(self, output_dir: str | os.PathLike[str]) -> Path:
+        """Write a Hugging Face transformers folder (config.json, model.safetensors, preprocessor_config.json).
+
+        ``transformers.AutoModelForObjectDetection.from_pretrained(output_dir)`` loads a detector from it
+        (``AutoModelForInstanceSegmentation`` a segmentation preset or a stage-2 model with the full MaskHead), with
+        :attr:`class_names` as ``id2label``; :meth:`from_checkpoint` reads it back. See
+        :mod:`rfdetr.checkpoint.huggingface`.
+
+        Raises:
+            CheckpointError: a stage-2 head transformers has no class for (MaskHeadNano, MaskHeadDynamic).
+            ImportError: safetensors is not installed (``pip install 'rtdetr-seg[hf]'``).
+        """
+        return save_model_as_transformers(self.model, self.model_config, self.class_names, output_dir)
 
     def __repr__(self) -> str:
         cfg = self.model_config

@@ -68,10 +68,12 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint on the CPU without executing arbitrary pickled code.
 
     Uses ``torch.load(weights_only=True)`` with ``argparse.Namespace`` as the only extra allowed global (the published
-    files store their training arguments as a Namespace).
+    files store their training arguments as a Namespace). A Hugging Face transformers RF-DETR folder (or its
+    ``model.safetensors`` with ``config.json`` beside it) is converted to our layout
+    (:func:`rfdetr.checkpoint.huggingface.read_transformers_checkpoint`): every loader accepts it through here.
 
     Args:
-        path: a ``.pth`` / ``.pt`` / ``.ckpt`` file.
+        path: a ``.pth`` / ``.pt`` / ``.ckpt`` file, or a transformers folder / ``.safetensors`` file.
 
     Returns:
         The top-level dict of the file (a bare state dict is returned as is).
@@ -80,9 +82,14 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: the path does not exist or is a directory.
         CheckpointError: the file is not a torch checkpoint, is truncated, or needs globals we do not allow.
     """
+    # Imported here: huggingface builds on this module.
+    from rfdetr.checkpoint.huggingface import is_transformers_checkpoint, read_transformers_checkpoint
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if is_transformers_checkpoint(path):
+        return read_transformers_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint path is not a file: {path}")
     try:

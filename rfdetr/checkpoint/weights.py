@@ -175,7 +175,8 @@ def resolve_weights(
 ) -> Path:
     """The local file for a weight name or path, downloading official weights when needed.
 
-    * an existing file is returned as is;
+    * an existing file is returned as is, and so is a Hugging Face transformers folder (config.json +
+      model.safetensors; :mod:`rfdetr.checkpoint.huggingface`);
     * a known bare name (``rf-detr-nano.pth``, ``rf-detr-seg-small.pt`` ...) is looked up in the cache and downloaded
       there if absent;
     * a path whose file name is a known name but which does not exist yet is downloaded to that path.
@@ -189,8 +190,10 @@ def resolve_weights(
         FileNotFoundError: not an existing file and not a known weight name.
         WeightsDownloadError: the download failed.
     """
+    from rfdetr.checkpoint.huggingface import is_transformers_checkpoint
+
     path = Path(name_or_path).expanduser()
-    if path.is_file():
+    if path.is_file() or is_transformers_checkpoint(path):
         return path
     known = OFFICIAL_WEIGHTS.get(path.name)
     if known is None or path.is_dir():
