@@ -29,7 +29,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         required=True,
         help="checkpoint (ours, rfdetr's, stage 2) or an official weight name (rf-detr-nano.pth ...)",
     )
-    parser.add_argument("--format", default="onnx", help=f"export format: {', '.join(EXPORT_FORMATS)}")
+    parser.add_argument("--format", default="onnx",
+                        help=f"export format: {', '.join(EXPORT_FORMATS)}, or {HUGGINGFACE} (a Hugging Face "
+                             "transformers folder: config.json + model.safetensors)")
     parser.add_argument("--half", action="store_true", help="float16 weights (tflite, openvino)")
     parser.add_argument("--int8", action="store_true", help="full-integer INT8, calibrated on --calibration images")
     parser.add_argument("--int8_io", "--int8-io", choices=INT8_IO, default=DEFAULT_INT8_IO,
@@ -63,6 +65,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Not a runtime file but a folder for transformers (rfdetr.checkpoint.huggingface): written from the checkpoint itself.
+HUGGINGFACE = "huggingface"
+
+
+def export_huggingface(args: argparse.Namespace) -> Path:
+    """``--format huggingface``: the checkpoint as a transformers folder (``--output``, default beside the weights).
+
+    Raises:
+        ValueError: an option that only runtime formats take.
+        CheckpointError: a stage-2 head transformers has no class for (the message says what to export instead).
+    """
+    from rfdetr.checkpoint import load_checkpoint_file
+    from rfdetr.checkpoint.huggingface import save_transformers_folder
+    from rfdetr.checkpoint.weights import resolve_weights
+
+    taken = [flag for flag, value in (("--half", args.half), ("--int8", args.int8), ("--dataset", args.dataset),
+                                      ("--dynamic_batch", args.dynamic_batch), ("--no_masks", args.no_masks))
+             if value]
+    if taken:
+        raise ValueError(f"--format {HUGGINGFACE} writes the checkpoint's float32 weights as they are; it does not "
+                         f"take {', '.join(taken)}")
+    weights = Path(resolve_weights(args.weights))
+    output = Path(args.output) if args.output else weights.resolve().parent / f"{weights.stem}_hf"
+    return save_transformers_folder(load_checkpoint_file(weights), output)
+
+
 def run_export(args: argparse.Namespace) -> Path:
     """Load ``args.weights`` and export it; returns the written file.
 
@@ -73,6 +101,8 @@ def run_export(args: argparse.Namespace) -> Path:
     """
     from rfdetr.detr import load_model
 
+    if args.format == HUGGINGFACE:
+        return export_huggingface(args)
     get_format(args.format).require()  # before the model is loaded: a missing package fails at once
     kwargs = {"device": "cpu", "resolution": args.resolution, "masks": False if args.no_masks else None}
     model = load_model(args.weights, args.size, **kwargs)

@@ -36,9 +36,9 @@ from rfdetr.checkpoint.huggingface import (
     to_transformers_state_dict,
 )
 from rfdetr.config import get_preset
-from rfdetr.deploy.processing import _to_chw01, preprocess
+from rfdetr.deploy.runtime.processing import _to_chw01, preprocess
 from rfdetr.detr import RFDETR, RFDETRNano, RFDETRSegNano
-from tests.conftest import REPO_ROOT, shared_path
+from tests.helpers import REPO_ROOT, shared_path
 from tests.tolerances import Tolerance, float32_tolerance, score_bound
 
 transformers = pytest.importorskip("transformers")
@@ -497,3 +497,19 @@ def test_transformers_reproduces_rfdetr_and_its_default_eps_is_the_difference(tm
     print(f"transformers vs rfdetr 1.11.2 (boxes, logits): eps 1e-6 {found[1e-6]}, eps 1e-5 {found[1e-5]}, bound {tol}")
     _assert_within(found[1e-6], tol)
     assert found[1e-5][1] > tol.logits
+
+
+def test_export_command_writes_a_transformers_folder(trained_nano: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m rfdetr.export --format huggingface``: the same folder as the converter, bit for bit."""
+    from rfdetr import export as export_cli
+
+    argv = ["--weights", str(trained_nano), "--format", "huggingface", "--output", str(tmp_path / "hf")]
+    assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "hf")
+    assert _convert(trained_nano, tmp_path / "converted") == 0
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "converted" / name).read_bytes()
+    argv += ["--int8"]
+    assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 2
+    assert "does not take --int8" in capsys.readouterr().err
