@@ -39,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rfdetr.checkpoint.files import extract_state_dict, load_checkpoint_file, save_checkpoint  # noqa: E402
+from rfdetr.checkpoint import extract_state_dict, load_checkpoint_file, save_checkpoint  # noqa: E402
 from rfdetr.data.synthetic import write_synthetic_dataset  # noqa: E402
 from rfdetr.demo import (  # noqa: E402
     COMMON,

@@ -13,6 +13,7 @@ Pure functions over plain dicts and tensors; no nn.Module is built here. Support
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import pickle
@@ -64,16 +65,40 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint on the CPU without executing arbitrary pickled code.
+# A Hugging Face transformers RF-DETR checkpoint is a folder with these (rfdetr.checkpoint.huggingface).
+TRANSFORMERS_CONFIG_FILE = "config.json"
+TRANSFORMERS_WEIGHTS_FILE = "model.safetensors"
+
+
+def is_transformers_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is meant as a transformers folder: a folder with ``model.safetensors`` or a ``config.json``
+    naming a ``model_type``, or a ``.safetensors`` file. (A training run's folder has a config.json without one.)"""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix == ".safetensors"
+    if not path.is_dir():
+        return False
+    if (path / TRANSFORMERS_WEIGHTS_FILE).is_file():
+        return True
+    config = path / TRANSFORMERS_CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "model_type" in data
+
+
+def load_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a torch checkpoint file on the CPU without executing arbitrary pickled code.
 
     Uses ``torch.load(weights_only=True)`` with ``argparse.Namespace`` as the only extra allowed global (the published
-    files store their training arguments as a Namespace). A Hugging Face transformers RF-DETR folder (or its
-    ``model.safetensors`` with ``config.json`` beside it) is converted to our layout
-    (:func:`rfdetr.checkpoint.huggingface.read_transformers_checkpoint`): every loader accepts it through here.
+    files store their training arguments as a Namespace). Every loader reads files through
+    :func:`rfdetr.checkpoint.reader.load_checkpoint_file`, which also takes Hugging Face transformers folders.
 
     Args:
-        path: a ``.pth`` / ``.pt`` / ``.ckpt`` file, or a transformers folder / ``.safetensors`` file.
+        path: a ``.pth`` / ``.pt`` / ``.ckpt`` file.
 
     Returns:
         The top-level dict of the file (a bare state dict is returned as is).
@@ -82,14 +107,9 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: the path does not exist or is a directory.
         CheckpointError: the file is not a torch checkpoint, is truncated, or needs globals we do not allow.
     """
-    # Imported here: huggingface builds on this module.
-    from rfdetr.checkpoint.huggingface import is_transformers_checkpoint, read_transformers_checkpoint
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if is_transformers_checkpoint(path):
-        return read_transformers_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint path is not a file: {path}")
     try:

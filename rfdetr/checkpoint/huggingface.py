@@ -42,7 +42,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rfdetr.checkpoint.files import CheckpointError, checkpoint_class_names, extract_state_dict, make_checkpoint
+from rfdetr.checkpoint.files import (
+    TRANSFORMERS_CONFIG_FILE as CONFIG_FILE,
+)
+from rfdetr.checkpoint.files import (
+    TRANSFORMERS_WEIGHTS_FILE as WEIGHTS_FILE,
+)
+from rfdetr.checkpoint.files import (
+    CheckpointError,
+    checkpoint_class_names,
+    extract_state_dict,
+    is_transformers_checkpoint,
+    load_torch_checkpoint,
+    make_checkpoint,
+)
 from rfdetr.checkpoint.infer import infer_model_config, read_shapes
 from rfdetr.checkpoint.loading import resolve_class_names
 from rfdetr.config import IMAGENET_MEAN, IMAGENET_STD, VIT_SIZES, ModelConfig, get_preset
@@ -56,8 +69,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 PROCESSOR_FILE = "preprocessor_config.json"
 MODEL_TYPE = "rf_detr"
 DETECTION_CLASS = "RfDetrForObjectDetection"
@@ -371,26 +382,6 @@ def _id2label_names(config: Mapping[str, Any], num_logits: int) -> list[str] | N
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading a transformers folder
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def is_transformers_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is meant as a transformers folder: a folder with ``model.safetensors`` or a ``config.json``
-    naming a ``model_type``, or a ``.safetensors`` file. (A training run's folder has a config.json without one.)"""
-    path = Path(path)
-    if path.is_file():
-        return path.suffix == ".safetensors"
-    if not path.is_dir():
-        return False
-    if (path / WEIGHTS_FILE).is_file():
-        return True
-    config = path / CONFIG_FILE
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "model_type" in data
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -707,7 +698,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rfdetr.checkpoint.files import load_checkpoint_file, save_checkpoint
+    from rfdetr.checkpoint.files import save_checkpoint
     from rfdetr.checkpoint.weights import WeightsDownloadError, resolve_weights
     from rfdetr.util.cli import run_command
 
@@ -715,11 +706,10 @@ def main(args: argparse.Namespace) -> int:
         source = resolve_weights(ns.checkpoint)
         if Path(ns.output).resolve() == Path(source).resolve():
             raise ValueError(f"--output {ns.output} is the input: inputs are never overwritten")
-        ckpt = load_checkpoint_file(source)
         if is_transformers_checkpoint(source):
-            print(save_checkpoint(ckpt, ns.output))
+            print(save_checkpoint(read_transformers_checkpoint(source), ns.output))
         else:
-            print(save_transformers_folder(ckpt, ns.output))
+            print(save_transformers_folder(load_torch_checkpoint(source), ns.output))
 
     return run_command("rfdetr.checkpoint.huggingface", run, args, (CheckpointError, WeightsDownloadError))
 

@@ -267,7 +267,7 @@ def dataset_class_names(root: str | Path) -> list[str]:
 
 
 def _check_paths(in_path: Path, out_path: Path, force: bool) -> None:
-    from rfdetr.checkpoint.huggingface import is_transformers_checkpoint
+    from rfdetr.checkpoint.files import is_transformers_checkpoint
 
     if not (in_path.is_file() or is_transformers_checkpoint(in_path)):
         raise SurgeryError(f"input checkpoint {in_path} does not exist")

@@ -190,7 +190,7 @@ def resolve_weights(
         FileNotFoundError: not an existing file and not a known weight name.
         WeightsDownloadError: the download failed.
     """
-    from rfdetr.checkpoint.huggingface import is_transformers_checkpoint
+    from rfdetr.checkpoint.files import is_transformers_checkpoint
 
     path = Path(name_or_path).expanduser()
     if path.is_file() or is_transformers_checkpoint(path):
