@@ -10,7 +10,8 @@
 * :mod:`~rfdetr.checkpoint.weights`: the official weight files, their cache and download.
 * :mod:`~rfdetr.checkpoint.surgery`: cut or strip the class heads (``shrink_head.py``, ``strip_class_heads.py``).
 
-The names of reader, files, infer and adapt are re-exported here (``from rfdetr.checkpoint import load_checkpoint_file``).
+The names of reader, files, infer and adapt are re-exported here
+(``from rfdetr.checkpoint import load_checkpoint_file``).
 """
 
 from rfdetr.checkpoint.adapt import (
