@@ -114,13 +114,18 @@ class SparseMaskLogits:
         # One [M_b, C] x [C, Hm*Wm] product per image, as rfdetr: the loss then samples a 1-channel map, which is far
         # cheaper (forward and backward) than sampling the C-channel feature map at every point of every mask.
         height, width = self.mask_size
-        out = self.query_features.new_empty((len(batch_idx), height, width))
+        out: torch.Tensor | None = None
         for b in torch.unique(batch_idx).tolist():
             sel = (batch_idx == b).nonzero(as_tuple=True)[0]
             pixels = self.spatial_features[b].flatten(1)  # [C, Hm*Wm]
             masks = self.query_features[b, query_idx[sel]] @ pixels  # [M_b, Hm*Wm]
-            out[sel] = masks.view(len(sel), height, width) + self._bias(b, query_idx[sel])
-        return out
+            block = masks.view(len(sel), height, width) + self._bias(b, query_idx[sel])
+            if out is None:
+                # The block's dtype, not the features': under autocast the product is bf16 / fp16 and the float32
+                # bias promotes the sum to float32 (an index_put of another dtype raises).
+                out = block.new_empty((len(batch_idx), height, width))
+            out[sel] = block
+        return out if out is not None else self.query_features.new_empty((0, height, width))
 
     def _bias(self, b: int, query_idx: torch.Tensor) -> torch.Tensor:
         """The offsets of image ``b``'s queries ``query_idx``, broadcastable to [M_b, Hm, Wm]."""
