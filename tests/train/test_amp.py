@@ -7,6 +7,8 @@ evaluation under autocast, checkpoint and resume. Per mode (stage 1; stage 2 wit
 single stage) and dtype: the first step's loss is within :func:`tests.tolerances.amp_loss_rtol` of float32's on the
 same weights and batch, no step is skipped, the trained weights change, the weights and EMA stay float32, and the run
 resumes.
+
+The same test runs on CUDA (``-m gpu``; tools/gpu_check.sh), where the float32 reference is computed with TF32 off.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from tests.tolerances import BFLOAT16_UNIT_ROUNDOFF, FLOAT16_UNIT_ROUNDOFF, amp_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = ["--device", "cpu", "--workers", "0", "--batch", "2", "--accum", "1", "--multi_scale", "0", "--augment", "0",
+FAST = ["--workers", "0", "--batch", "2", "--accum", "1", "--multi_scale", "0", "--augment", "0",
         "--seed", "3", "--tensorboard", "0", "--early_stopping", "0", "--checkpoint_interval", "1", "--use_ema", "1"]
 UNIT_ROUNDOFF = {"bfloat16": BFLOAT16_UNIT_ROUNDOFF, "float16": FLOAT16_UNIT_ROUNDOFF}
 DTYPES = tuple(UNIT_ROUNDOFF)
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA (tools/gpu_check.sh runs it)")])]
 
 
 def _stage1_run(root: Path) -> Path:
@@ -87,8 +91,8 @@ def run_script(script: Any, dataset: Path, output: Path, *extra: str) -> list[di
 def runs(four_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A float32 stage-1 run (1 epoch) under ``<root>/stage1``: the detector of the stage-2 modes."""
     root = tmp_path_factory.mktemp("amp")
-    run_script(train_detector_stage1, four_images, root / "stage1", "--size", "tiny", "--pretrained", "none",
-               "--epochs", "1")
+    run_script(train_detector_stage1, four_images, root / "stage1", "--device", "cpu", "--size", "tiny",
+               "--pretrained", "none", "--epochs", "1")
     yield root
 
 
@@ -100,13 +104,25 @@ def test_autocast_dtype_choice() -> None:
     assert autocast_dtype(cuda, amp=False, dtype="bfloat16") is None  # --no_amp wins
 
 
+@pytest.fixture
+def no_tf32() -> Iterator[None]:
+    """float32 matmuls and convolutions in full float32 on CUDA (TF32 rounds their inputs to 11 bits: as coarse as
+    float16, so it would not be a float32 reference)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.usefixtures("no_tf32")
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", list(MODES))
-def test_mixed_precision_training(mode: str, runs: Path, four_images: Path) -> None:
+def test_mixed_precision_training(mode: str, device: str, runs: Path, four_images: Path) -> None:
     script, flags = MODES[mode]
-    extra = flags(runs)
-    reference = run_script(script, four_images, runs / f"{mode}_float32", *extra, "--epochs", "1")
+    extra = [*flags(runs), "--device", device]
+    reference = run_script(script, four_images, runs / f"{mode}_{device}_float32", *extra, "--epochs", "1")
     for dtype in DTYPES:
-        out = runs / f"{mode}_{dtype}"
+        out = runs / f"{mode}_{device}_{dtype}"
         steps = run_script(script, four_images, out, *extra, "--epochs", "1", "--amp_dtype", dtype)
         # Same seed, weights and batch: the first step's loss differs from float32's by rounding only.
         bound = amp_loss_rtol(UNIT_ROUNDOFF[dtype])
@@ -117,8 +133,8 @@ def test_mixed_precision_training(mode: str, runs: Path, four_images: Path) -> N
         (run_dir,) = out.iterdir()
         first = load_checkpoint_file(run_dir / "checkpoint0000.pth")
         # Resume for a second epoch, still in the same precision.
-        run_script(script, four_images, runs / f"{mode}_{dtype}_unused", *extra, "--epochs", "2", "--amp_dtype", dtype,
-                   "--resume", str(run_dir / "checkpoint.pth"))
+        run_script(script, four_images, runs / f"{mode}_{device}_{dtype}_unused", *extra, "--epochs", "2",
+                   "--amp_dtype", dtype, "--resume", str(run_dir / "checkpoint.pth"))
         records = read_jsonl(run_dir / "log.jsonl")
         assert [r["epoch"] for r in records] == [0, 1]
         assert all(r["train_skipped_steps"] == 0 and math.isfinite(r["train_loss"]) for r in records), records
@@ -142,7 +158,8 @@ def test_mixed_precision_training(mode: str, runs: Path, four_images: Path) -> N
 def test_float16_resume_with_accumulation_equals_uninterrupted(four_images: Path, tmp_path: Path) -> None:
     """GradScaler with two micro-batches per step, clipping and EMA: a run resumed after epoch 0 (scaler state from
     the checkpoint) ends exactly like the straight run."""
-    args = ["--size", "tiny", "--pretrained", "none", "--accum", "2", "--amp_dtype", "float16", "--lr", "5e-4"]
+    args = ["--device", "cpu", "--size", "tiny", "--pretrained", "none", "--accum", "2", "--amp_dtype", "float16",
+            "--lr", "5e-4"]
     run_script(train_detector_stage1, four_images, tmp_path / "straight", *args, "--epochs", "2")
     run_script(train_detector_stage1, four_images, tmp_path / "split", *args, "--epochs", "1")
     first = tmp_path / "split" / "detector_tiny_64_1"
