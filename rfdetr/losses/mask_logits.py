@@ -45,10 +45,16 @@ def point_sample(
         padding_mode: forwarded to ``grid_sample``.
 
     Returns:
-        [N, C, P].
+        [N, C, P] (float32 for float16 / bfloat16 inputs).
     """
-    grid = (2.0 * points - 1.0).unsqueeze(2)  # [N, P, 1, 2] in grid_sample's [-1, 1] frame
-    out = F.grid_sample(inputs, grid.to(inputs.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)
+    # Low-precision maps (autocast) are sampled in float32: grid_sample takes its coordinates in the input's dtype,
+    # and a bf16 coordinate is good to 2^-8 of the half-width (a quarter pixel of a 128-px mask map), so predictions
+    # and float32-sampled targets would be read at different places. CPU autocast upcasts grid_sample itself, CUDA
+    # autocast does not: doing it here makes both devices compute the same thing. Returns float32 then.
+    if inputs.dtype in (torch.float16, torch.bfloat16):
+        inputs = inputs.float()
+    grid = (2.0 * points.to(inputs.dtype) - 1.0).unsqueeze(2)  # [N, P, 1, 2] in grid_sample's [-1, 1] frame
+    out = F.grid_sample(inputs, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
     return out.squeeze(3)
 
 

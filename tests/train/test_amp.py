@@ -25,6 +25,7 @@ import train_detector_stage1
 import train_seg_single_stage
 import train_seg_stage2
 from rfdetr.checkpoint import load_checkpoint_file
+from rfdetr.losses.mask_logits import point_sample
 from rfdetr.train import fit as fit_module
 from rfdetr.train.optim import autocast_dtype
 from rfdetr.util.loggers import read_jsonl
@@ -153,6 +154,22 @@ def test_mixed_precision_training(mode: str, device: str, runs: Path, four_image
             assert math.isfinite(scale) and scale > 0
         else:
             assert "scaler" not in last  # bfloat16 has float32's range: no loss scaling
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_point_sample_reads_low_precision_maps_at_float32_coordinates(dtype: torch.dtype) -> None:
+    """A map whose value is its column index (integers up to 255: exact in bf16 and fp16) read between pixel centres:
+    bilinear sampling returns the continuous column ``x * W - 0.5``. With the coordinates rounded to the map's dtype
+    (as before the fix) the error was 0.13 column (bf16) and 0.005 (fp16); float32 coordinates leave float32
+    rounding (bound: a few float32 ulps of x * W <= 256)."""
+    width = 256
+    ramp = torch.arange(width, dtype=torch.float32).expand(1, 1, 4, width).to(dtype)
+    x = (torch.arange(0, width - 1, 7, dtype=torch.float32) + 0.5 + 0.37) / width
+    points = torch.stack([x, torch.full_like(x, 0.5)], dim=-1)[None]  # [1, P, 2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = point_sample(ramp, points)[0, 0]
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, x * width - 0.5, rtol=0, atol=width * 2**-20)
 
 
 def test_float16_resume_with_accumulation_equals_uninterrupted(four_images: Path, tmp_path: Path) -> None:
