@@ -49,8 +49,9 @@ def point_sample(
     """
     # Low-precision maps (autocast) are sampled in float32: grid_sample takes its coordinates in the input's dtype,
     # and a bf16 coordinate is good to 2^-8 of the half-width (a quarter pixel of a 128-px mask map), so predictions
-    # and float32-sampled targets would be read at different places. CPU autocast upcasts grid_sample itself, CUDA
-    # autocast does not: doing it here makes both devices compute the same thing. Returns float32 then.
+    # and float32-sampled targets would be read at different places. CPU autocast runs grid_sample in float32
+    # whatever its inputs, CUDA autocast in its widest input's dtype (bf16 once the grid was cast to the map's):
+    # upcasting here makes both devices compute the same float32 samples.
     if inputs.dtype in (torch.float16, torch.bfloat16):
         inputs = inputs.float()
     grid = (2.0 * points.to(inputs.dtype) - 1.0).unsqueeze(2)  # [N, P, 1, 2] in grid_sample's [-1, 1] frame
