@@ -118,10 +118,14 @@ class HungarianMatcher(nn.Module):
                 continue
             grid = points.unsqueeze(0).expand(len(masks), -1, -1)
             tgt = point_sample(masks.unsqueeze(1).float(), grid, mode="nearest").squeeze(1)  # [T_i, P]
-            costs.append(
-                self.cost_mask_ce * pairwise_sigmoid_ce_cost(pred[i], tgt)
-                + self.cost_mask_dice * pairwise_dice_cost(pred[i], tgt)
-            )
+            # The pairwise costs are matmuls summing P point terms: under float16 autocast each sum is rounded to 11
+            # bits and overflows 65504 to inf (then sanitised: the match silently degrades) once P * mean BCE passes
+            # it, e.g. 2048 target points under a confidently wrong logit of -32. Small [N, T] products: float32.
+            with torch.autocast(pred.device.type, enabled=False):
+                costs.append(
+                    self.cost_mask_ce * pairwise_sigmoid_ce_cost(pred[i], tgt)
+                    + self.cost_mask_dice * pairwise_dice_cost(pred[i], tgt)
+                )
         return costs
 
 

@@ -26,6 +26,7 @@ import train_seg_single_stage
 import train_seg_stage2
 from rfdetr.checkpoint import load_checkpoint_file
 from rfdetr.losses.mask_logits import point_sample
+from rfdetr.losses.matcher import HungarianMatcher
 from rfdetr.train import fit as fit_module
 from rfdetr.train.optim import autocast_dtype
 from rfdetr.util.loggers import read_jsonl
@@ -170,6 +171,27 @@ def test_point_sample_reads_low_precision_maps_at_float32_coordinates(dtype: tor
         out = point_sample(ramp, points)[0, 0]
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, x * width - 0.5, rtol=0, atol=width * 2**-20)
+
+
+@pytest.mark.parametrize("scale", [40.0, 100.0])
+def test_matcher_mask_costs_are_float32_under_float16_autocast(scale: float) -> None:
+    """4096 points (a 256 x 256 mask map) of logits uniform in +-scale: each pairwise BCE sum before its division by P
+    is ~2e4 (scale 40: float16 rounds it, 6e-4 relative before the fix) or ~5e4 per half (scale 100: inf before the
+    fix). The costs must be finite and equal the float32 ones."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.rand(1, 6, 256, 256, generator=g) * 2 * scale - scale
+    masks = torch.rand(2, 256, 256, generator=g) > 0.5
+    outputs = {"pred_logits": torch.randn(1, 6, 3, generator=g), "pred_masks": logits,
+               "pred_boxes": torch.rand(1, 6, 4, generator=g) * 0.5 + 0.25}
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.rand(2, 4, generator=g) * 0.5 + 0.25, "masks": masks}]
+    matcher = HungarianMatcher(use_masks=True)
+    torch.manual_seed(1)
+    (reference,) = matcher._mask_costs(outputs, targets)
+    torch.manual_seed(1)  # the same random points
+    with torch.autocast("cpu", dtype=torch.float16):
+        (costs,) = matcher._mask_costs(outputs, targets)
+    assert torch.isfinite(costs).all()
+    torch.testing.assert_close(costs, reference)
 
 
 def test_float16_resume_with_accumulation_equals_uninterrupted(four_images: Path, tmp_path: Path) -> None:
