@@ -2,7 +2,7 @@
 
 ``--amp_dtype bfloat16`` / ``float16`` make :func:`rfdetr.train.optim.autocast_dtype` pick that dtype on the CPU as it
 picks it on CUDA, so the same ``fit`` -> ``train_one_epoch`` code runs: ``torch.autocast`` around forward and loss,
-the GradScaler for float16 (unscale before clipping, skipped steps on overflow, its state in the checkpoint), EMA,
+the GradScaler for float16 (unscaled before clipping, its state in the checkpoint and restored on resume), EMA,
 evaluation under autocast, checkpoint and resume. Per mode (stage 1; stage 2 without and with the feature cache;
 single stage) and dtype: the first step's loss is within :func:`tests.tolerances.amp_loss_rtol` of float32's on the
 same weights and batch, no step is skipped, the trained weights change, the weights and EMA stay float32, and the run
