@@ -1,5 +1,5 @@
-"""No implicit CPU tensors in the code a training step and evaluation run on the device (losses, matcher, models,
-post-processing, batch resize, EMA, feature cache): every factory call there names its input's device.
+"""No implicit CPU tensors in the code a training step, evaluation and ``predict`` run on the device (losses, matcher,
+models, post-processing, batch resize, EMA, feature cache): every factory call there names its input's device.
 
 Each training mode runs one epoch through its script under :class:`tests.device_guard.ImplicitDeviceGuard`; the
 dataset's own ``__getitem__`` (decoding files into CPU tensors, where CPU is the input's device) runs unguarded.
@@ -98,6 +98,16 @@ def test_stage2_step_and_evaluation(head: str, cache: bool, stage1_run: Path, fo
 
 def test_single_stage_step_and_evaluation(four_images: Path, tmp_path: Path) -> None:
     guard = run_guarded(train_seg_single_stage, four_images, tmp_path, "--size", "seg-tiny", "--pretrained", "none")
+    assert guard.calls > 0 and not guard.violations, guard.report()
+
+
+def test_predict() -> None:
+    """The user API, all of it guarded: image loading, resize, normalise, forward, post-processing with masks."""
+    from tests.deploy.models import image, tiny_segmenter
+
+    model = tiny_segmenter()
+    with ImplicitDeviceGuard() as guard:
+        model.predict([image(70, 90, seed=1), image(50, 60, seed=2)], threshold=0.0)
     assert guard.calls > 0 and not guard.violations, guard.report()
 
 
