@@ -194,15 +194,24 @@ def test_matcher_mask_costs_are_float32_under_float16_autocast(scale: float) -> 
     torch.testing.assert_close(costs, reference)
 
 
-def test_float16_resume_with_accumulation_equals_uninterrupted(four_images: Path, tmp_path: Path) -> None:
-    """GradScaler with two micro-batches per step, clipping and EMA: a run resumed after epoch 0 (scaler state from
-    the checkpoint) ends exactly like the straight run."""
+# The GradScaler's first scale here: high enough that the first steps' float16 gradients overflow (the scale then
+# halves per skipped step, to 2^16 on this run), so a resume that lost the scaler's state would skip steps again.
+INITIAL_SCALE = 2.0**18
+
+
+def test_float16_resume_with_accumulation_equals_uninterrupted(four_images: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """GradScaler with two micro-batches per step, clipping, skipped overflow steps and EMA: a run resumed after epoch
+    0 (scaler state from the checkpoint) ends exactly like the straight run."""
+    monkeypatch.setattr(fit_module, "build_grad_scaler", lambda device, dtype: torch.amp.GradScaler(
+        device.type, init_scale=INITIAL_SCALE, enabled=dtype == torch.float16))
     args = ["--device", "cpu", "--size", "tiny", "--pretrained", "none", "--accum", "2", "--amp_dtype", "float16",
             "--lr", "5e-4"]
     run_script(train_detector_stage1, four_images, tmp_path / "straight", *args, "--epochs", "2")
     run_script(train_detector_stage1, four_images, tmp_path / "split", *args, "--epochs", "1")
     first = tmp_path / "split" / "detector_tiny_64_1"
+    scale = load_checkpoint_file(first / "checkpoint.pth")["scaler"]["scale"]
+    assert scale < INITIAL_SCALE  # steps were skipped on overflow: the state to restore is not the initial one
     run_script(train_detector_stage1, four_images, tmp_path / "unused", *args, "--epochs", "2",
                "--resume", str(first / "checkpoint.pth"))
     assert_resume_matches_straight_run(tmp_path / "straight" / "detector_tiny_64_1", first, tmp_path / "unused")
-    assert load_checkpoint_file(first / "checkpoint.pth")["scaler"]["_growth_tracker"] >= 0
