@@ -189,9 +189,10 @@ class CocoEvaluator:
             self._synchronized = False
 
     def _convert(self, image_id: int, pred: Mapping[str, torch.Tensor]) -> dict[str, list[dict[str, Any]]]:
-        boxes = torch.as_tensor(pred["boxes"]).detach().float().cpu().reshape(-1, 4)
-        scores = torch.as_tensor(pred["scores"]).detach().float().cpu().reshape(-1)
-        labels = torch.as_tensor(pred["labels"]).detach().cpu().reshape(-1).long()
+        # COCOeval reads Python numbers: whatever device the predictions are on, they come to the CPU here.
+        boxes = torch.as_tensor(pred["boxes"], device="cpu").detach().float().reshape(-1, 4)
+        scores = torch.as_tensor(pred["scores"], device="cpu").detach().float().reshape(-1)
+        labels = torch.as_tensor(pred["labels"], device="cpu").detach().reshape(-1).long()
         # Labels without a category (e.g. an extra "background" logit slot) cannot be scored; count and skip them.
         keep = (labels >= 0) & (labels < len(self.label_to_category_id))
         self._unknown_labels += int((~keep).sum())
@@ -207,7 +208,7 @@ class CocoEvaluator:
             masks = pred.get("masks")
             if masks is None:
                 raise ValueError("segm evaluation needs 'masks' in the predictions")
-            masks = torch.as_tensor(masks).detach().cpu()
+            masks = torch.as_tensor(masks, device="cpu").detach()
             if masks.ndim == 4:
                 masks = masks[:, 0]
             img = self.coco_gt.imgs[image_id]

@@ -45,10 +45,17 @@ def point_sample(
         padding_mode: forwarded to ``grid_sample``.
 
     Returns:
-        [N, C, P].
+        [N, C, P] (float32 for float16 / bfloat16 inputs).
     """
-    grid = (2.0 * points - 1.0).unsqueeze(2)  # [N, P, 1, 2] in grid_sample's [-1, 1] frame
-    out = F.grid_sample(inputs, grid.to(inputs.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)
+    # Low-precision maps (autocast) are sampled in float32: grid_sample takes its coordinates in the input's dtype,
+    # and a bf16 coordinate is good to 2^-8 of the half-width (a quarter pixel of a 128-px mask map), so predictions
+    # and float32-sampled targets would be read at different places. CPU autocast runs grid_sample in float32
+    # whatever its inputs, CUDA autocast in its widest input's dtype (bf16 once the grid was cast to the map's):
+    # upcasting here makes both devices compute the same float32 samples.
+    if inputs.dtype in (torch.float16, torch.bfloat16):
+        inputs = inputs.float()
+    grid = (2.0 * points.to(inputs.dtype) - 1.0).unsqueeze(2)  # [N, P, 1, 2] in grid_sample's [-1, 1] frame
+    out = F.grid_sample(inputs, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
     return out.squeeze(3)
 
 
@@ -114,13 +121,18 @@ class SparseMaskLogits:
         # One [M_b, C] x [C, Hm*Wm] product per image, as rfdetr: the loss then samples a 1-channel map, which is far
         # cheaper (forward and backward) than sampling the C-channel feature map at every point of every mask.
         height, width = self.mask_size
-        out = self.query_features.new_empty((len(batch_idx), height, width))
+        out: torch.Tensor | None = None
         for b in torch.unique(batch_idx).tolist():
             sel = (batch_idx == b).nonzero(as_tuple=True)[0]
             pixels = self.spatial_features[b].flatten(1)  # [C, Hm*Wm]
             masks = self.query_features[b, query_idx[sel]] @ pixels  # [M_b, Hm*Wm]
-            out[sel] = masks.view(len(sel), height, width) + self._bias(b, query_idx[sel])
-        return out
+            block = masks.view(len(sel), height, width) + self._bias(b, query_idx[sel])
+            if out is None:
+                # The block's dtype, not the features': under autocast the product is bf16 / fp16 and the float32
+                # bias promotes the sum to float32 (an index_put of another dtype raises).
+                out = block.new_empty((len(batch_idx), height, width))
+            out[sel] = block
+        return out if out is not None else self.query_features.new_empty((0, height, width))
 
     def _bias(self, b: int, query_idx: torch.Tensor) -> torch.Tensor:
         """The offsets of image ``b``'s queries ``query_idx``, broadcastable to [M_b, Hm, Wm]."""

@@ -73,7 +73,8 @@ class HungarianMatcher(nn.Module):
             group_detr: G, the number of query groups (13 in training, 1 at evaluation).
 
         Returns:
-            B tuples ``(query_idx, target_idx)`` of int64 CPU tensors. For image i both have length
+            B tuples ``(query_idx, target_idx)`` of int64 tensors on the logits' device (the assignment is solved
+            on the CPU; one copy per image here instead of one per use in every loss). For image i both have length
             ``G * min(Q, T_i)``; group g's pairs come g-th, with query indices in ``[g*Q, (g+1)*Q)`` sorted
             ascending within the group. Every target appears once per group.
         """
@@ -83,7 +84,7 @@ class HungarianMatcher(nn.Module):
             raise ValueError(f"{num_queries} queries do not split into {group_detr} groups")
         sizes = [len(t["boxes"]) for t in targets]
         if sum(sizes) == 0:
-            empty = torch.empty(0, dtype=torch.int64)
+            empty = torch.empty(0, dtype=torch.int64, device=logits.device)
             return [(empty, empty.clone()) for _ in targets]
 
         # One [B*N, sum(T)] cost over the whole batch (cheap on GPU); off-image blocks are simply never read.
@@ -99,7 +100,8 @@ class HungarianMatcher(nn.Module):
         per_image = [c[i] for i, c in enumerate(per_image)]
         if self.use_masks:
             per_image = [c + m for c, m in zip(per_image, self._mask_costs(outputs, targets), strict=True)]
-        return [_assign_groups(_sanitize(c.cpu()), group_detr) for c in per_image]
+        matches = [_assign_groups(_sanitize(c.cpu()), group_detr) for c in per_image]
+        return [(q.to(logits.device), t.to(logits.device)) for q, t in matches]
 
     def _mask_costs(self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         """Per image [N, T_i] mask cost at ``Hm*Wm // ratio`` uniform points shared by the whole batch."""
@@ -116,10 +118,14 @@ class HungarianMatcher(nn.Module):
                 continue
             grid = points.unsqueeze(0).expand(len(masks), -1, -1)
             tgt = point_sample(masks.unsqueeze(1).float(), grid, mode="nearest").squeeze(1)  # [T_i, P]
-            costs.append(
-                self.cost_mask_ce * pairwise_sigmoid_ce_cost(pred[i], tgt)
-                + self.cost_mask_dice * pairwise_dice_cost(pred[i], tgt)
-            )
+            # The pairwise costs are matmuls summing P point terms: under float16 autocast each sum is rounded to 11
+            # bits and overflows 65504 to inf (then sanitised: the match silently degrades) once P * mean BCE passes
+            # it, e.g. 2048 target points under a confidently wrong logit of -32. Small [N, T] products: float32.
+            with torch.autocast(pred.device.type, enabled=False):
+                costs.append(
+                    self.cost_mask_ce * pairwise_sigmoid_ce_cost(pred[i], tgt)
+                    + self.cost_mask_dice * pairwise_dice_cost(pred[i], tgt)
+                )
         return costs
 
 
@@ -139,10 +145,11 @@ def _assign_groups(cost: torch.Tensor, group_detr: int) -> tuple[torch.Tensor, t
     if cost.shape[1] > 0:
         for g, block in enumerate(cost.split(num_queries, dim=0)):
             rows, cols = linear_sum_assignment(block.numpy())
-            query_idx.append(torch.as_tensor(rows, dtype=torch.int64) + g * num_queries)
-            target_idx.append(torch.as_tensor(cols, dtype=torch.int64))
+            # scipy's answer lives on the CPU; the caller moves the concatenated indices once.
+            query_idx.append(torch.as_tensor(rows, dtype=torch.int64, device="cpu") + g * num_queries)
+            target_idx.append(torch.as_tensor(cols, dtype=torch.int64, device="cpu"))
     if not query_idx:
-        empty = torch.empty(0, dtype=torch.int64)
+        empty = torch.empty(0, dtype=torch.int64, device=cost.device)
         return empty, empty.clone()
     return torch.cat(query_idx), torch.cat(target_idx)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 LRSchedule = Literal["step", "cosine"]
+AmpDtype = Literal["auto", "bfloat16", "float16"]
 T = TypeVar("T")
 
 
@@ -101,6 +102,10 @@ class TrainConfig:
     seed: int = _field(42, "random seed (each process adds its rank)")
     device: str | None = _field(None, "torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     amp: bool = _field(True, "mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); CPU is fp32")
+    amp_dtype: AmpDtype = _field("auto", "autocast dtype when amp is on: 'auto' (CUDA: bfloat16 where supported, else "
+                                         "float16; CPU: float32), or 'bfloat16' / 'float16' on any device (float16 "
+                                         "adds the GradScaler; on CPU this runs the CUDA mixed-precision path, for "
+                                         "tests)")
     augment: bool = _field(True, "random flip and resize-crop of training images (off: square resize only)")
     multi_scale: bool = _field(True, "resize each optimizer step's batch to a random scale of the model's list")
     expanded_scales: bool = _field(True, "use the wider multi-scale list (+-5 blocks instead of -3..+4)")
@@ -138,6 +143,7 @@ class TrainConfig:
         _require(self.early_stopping_patience >= 1, "early_stopping_patience must be >= 1")
         _require(self.checkpoint_interval >= 1, "checkpoint_interval must be >= 1")
         _require(self.eval_interval >= 1, "eval_interval must be >= 1")
+        _require(self.amp_dtype in typing.get_args(AmpDtype), f"amp_dtype must be one of {typing.get_args(AmpDtype)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

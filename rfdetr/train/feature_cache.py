@@ -193,8 +193,16 @@ def _split_batch(det: DetectorOutputs, index: int) -> dict[str, torch.Tensor]:
 
 def _stack(entries: list[dict[str, torch.Tensor]], device: torch.device) -> DetectorOutputs:
     """Per-image entries -> a float32 batch on ``device`` in the :data:`DetectorOutputs` layout."""
-    return {k: torch.stack([e[k] for e in entries], dim=0 if k in _BATCH_FIRST else 1).to(device, torch.float32)
-            for k in _CACHED}
+    with _no_cpu_autocast():
+        return {k: torch.stack([e[k] for e in entries], dim=0 if k in _BATCH_FIRST else 1).to(device, torch.float32)
+                for k in _CACHED}
+
+
+def _no_cpu_autocast() -> torch.autocast:
+    """Assembling a batch from the stored (CPU, float16) entries is data movement, not compute: under CPU autocast
+    in bfloat16 ``torch.stack`` would try to promote float16 with bfloat16 and raise "Unexpected floating ScalarType
+    in at::autocast::prioritize"."""
+    return torch.autocast("cpu", enabled=False)
 
 
 class CachedForward:
@@ -242,6 +250,7 @@ class CachedForward:
                 raise ValueError(f"a cached entry has no '{PIXELS}': this cache was filled for a head that does not "
                                  "read the image; use a new --cache_features folder")
             # Every epoch (the filling one too) sees the same stored float16 pixels, as it sees the stored features.
-            images = torch.stack([e[PIXELS] for e in entries]).to(images.device, torch.float32)
+            with _no_cpu_autocast():
+                images = torch.stack([e[PIXELS] for e in entries]).to(images.device, torch.float32)
         # Through the (DDP) wrapper's forward, so that gradient synchronisation is set up as usual.
         return model(images, detections=_stack(entries, images.device))  # type: ignore[arg-type]

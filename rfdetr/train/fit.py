@@ -130,7 +130,7 @@ class _Fit:
         self.resume_ckpt = load_checkpoint_file(train_cfg.resume) if train_cfg.resume else None
         self.run_dir = self._make_run_dir()
         self.model = job.model.to(self.device)
-        self.autocast_dtype = pick_autocast_dtype(self.device, train_cfg.amp)
+        self.autocast_dtype = pick_autocast_dtype(self.device, train_cfg.amp, train_cfg.amp_dtype)
         self.scaler = build_grad_scaler(self.device, self.autocast_dtype)
         self.train_loader = build_dataloader(job.train_set, train_cfg.batch_size, train=True,
                                              workers=train_cfg.num_workers, seed=train_cfg.seed,
@@ -190,7 +190,12 @@ class _Fit:
                                  "checkpoint.pth, or start a new run from these weights with --pretrained")
             target.load_state_dict(ckpt[key])
         if self.ema is not None and "ema_model" in ckpt:
-            self.ema.load_state_dict({"module": ckpt["ema_model"], "updates": ckpt.get("ema_updates", 0)})
+            # ema_model is in the job's checkpoint layout (stage 2: the detector's keys without "detector."), as
+            # _save_last wrote it: read it back the way the model's weights are read.
+            _load_weights(self.job, self.ema.module, ckpt["ema_model"])
+            module = self.ema.module.state_dict()
+            self.ema.load_state_dict({"module": module, "updates": ckpt["ema_updates"]} if "ema_updates" in ckpt
+                                     else module)
         if "scaler" in ckpt and self.scaler is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.best.update(ckpt.get("best", {}))

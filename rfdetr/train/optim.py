@@ -259,12 +259,18 @@ def build_scheduler(
     return LambdaLR(optimizer, factor)
 
 
-def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype for ``device``: bf16 on CUDA where supported, else fp16; ``None`` (fp32) on CPU / amp off.
+def autocast_dtype(device: torch.device, amp: bool, dtype: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``device``, or ``None`` for float32 (``amp`` off).
 
-    CPU autocast is deliberately not used: upstream trains in fp32 on CPU and bf16 CPU kernels are often slower.
+    ``dtype="auto"``: bf16 on CUDA where supported, else fp16; float32 on other devices (CPU autocast is not used by
+    default: upstream trains in fp32 on CPU and bf16 CPU kernels are often slower). ``"bfloat16"`` / ``"float16"``
+    force that dtype on any device: the CPU tests use it to run the very code path CUDA training takes.
     """
-    if not amp or device.type != "cuda":
+    if not amp:
+        return None
+    if dtype != "auto":
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 

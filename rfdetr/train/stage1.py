@@ -124,8 +124,9 @@ def eval_only(model: RFDETRModel, cfg: ModelConfig, valid: CocoDetection, train_
     model.to(dist_info.device)
     evaluator = CocoEvaluator.from_dataset(valid, max_dets=train_cfg.eval_max_dets)
     loader = build_dataloader(valid, train_cfg.batch_size, train=False, workers=train_cfg.num_workers)
+    precision = autocast_dtype(dist_info.device, train_cfg.amp, train_cfg.amp_dtype)
     metrics = evaluate(model, build_criterion_for(cfg, loss), PostProcess(train_cfg.eval_num_select), loader,
-                       evaluator, dist_info.device, autocast_dtype(dist_info.device, train_cfg.amp))
+                       evaluator, dist_info.device, precision)
     if dist_info.is_main:
         print(evaluator.summary)
     return metrics

@@ -407,7 +407,7 @@ def eval_only(job: TrainingJob, train_cfg: TrainConfig, dist_info: DistInfo) -> 
     evaluator = CocoEvaluator.from_dataset(job.val_set, iou_types=("bbox", "segm"), max_dets=train_cfg.eval_max_dets)
     loader = build_dataloader(job.val_set, train_cfg.batch_size, train=False, workers=train_cfg.num_workers)
     metrics = evaluate(model, job.criterion, job.postprocess, loader, evaluator, dist_info.device,
-                       autocast_dtype(dist_info.device, train_cfg.amp), forward=job.forward)
+                       autocast_dtype(dist_info.device, train_cfg.amp, train_cfg.amp_dtype), forward=job.forward)
     if dist_info.is_main:
         print(evaluator.summary)
     return metrics

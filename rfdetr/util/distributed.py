@@ -131,7 +131,8 @@ def reduce_dict(values: Mapping[str, torch.Tensor | float], average: bool = True
         The reduced scalars as detached tensors, same keys (unchanged values when not distributed).
     """
     if not is_distributed():
-        return {k: torch.as_tensor(v).detach() for k, v in values.items()}
+        return {k: torch.as_tensor(v, device=v.device if torch.is_tensor(v) else "cpu").detach()
+                for k, v in values.items()}
     device = _collective_device()
     keys = sorted(values)  # the same order on every rank, whatever order each built its dict in
     stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=device).reshape(()) for k in keys])
