@@ -7,6 +7,7 @@ those dataclasses, so no script restates a default.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import logging
 from collections.abc import Callable
@@ -37,20 +38,29 @@ DEFAULT_PRETRAIN_EXCLUDE = "backbone.0.projector.*"
 
 def add_training_arguments(parser: argparse.ArgumentParser, sizes: tuple[str, ...], train_overrides: dict[str, Any],
                            loss_defaults: LossConfig | None = None, optim_overrides: dict[str, Any] | None = None,
-                           ) -> argparse.ArgumentParser:
-    """Flags every training script shares: model size, data, output, and the derived config flags."""
+                           hide: tuple[str, ...] = (),
+                           eval_only_help: str = "evaluate the given weights (--resume or --pretrained) on valid "
+                                                 "and exit") -> argparse.ArgumentParser:
+    """Flags every training script shares: model size, data, output, and the derived config flags.
+
+    ``hide`` names config fields (and ``no_ema``) the script accepts but does not show in ``--help`` because they do
+    not apply to it (stage 2's frozen detector: :data:`rfdetr.train.stage2.STAGE2_HIDDEN`).
+    """
     parser.add_argument("--size", choices=sizes, default=sizes[0], help="model preset ('tiny': CPU tests and demos)")
     parser.add_argument("--dataset", default="dataset/", help="Roboflow COCO export: train/, valid/, [test/]")
     parser.add_argument("--output", default=None, help="runs root folder (alias of --output_root)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="square input side (default: the preset's); a multiple of patch size x windows")
     parser.add_argument("--no_amp", "--no-amp", action="store_true", help="float32 even on CUDA")
-    parser.add_argument("--no_ema", "--no-ema", action="store_true", help="no EMA weights (same as --use_ema 0)")
-    parser.add_argument("--eval_only", "--eval-only", action="store_true",
-                        help="evaluate the given weights (--resume or --pretrained) on valid and exit")
-    add_dataclass_arguments(parser, TrainConfig, overrides=train_overrides, skip=("amp",), group="training")
-    add_dataclass_arguments(parser, OptimConfig, overrides=optim_overrides, group="optimizer")
-    add_dataclass_arguments(parser, LossConfig, overrides=loss_defaults, group="loss")
+    parser.add_argument("--no_ema", "--no-ema", action="store_true",
+                        help=argparse.SUPPRESS if "no_ema" in hide else "no EMA weights (same as --use_ema 0)")
+    parser.add_argument("--eval_only", "--eval-only", action="store_true", help=eval_only_help)
+    for cls, overrides, group, skip in ((TrainConfig, train_overrides, "training", ("amp",)),
+                                        (OptimConfig, optim_overrides, "optimizer", ()),
+                                        (LossConfig, loss_defaults, "loss", ())):
+        own = {f.name for f in dataclasses.fields(cls)}
+        add_dataclass_arguments(parser, cls, overrides=overrides, skip=skip, group=group,
+                                hide=[h for h in hide if h in own])
     return parser
 
 

@@ -74,6 +74,15 @@ logger = logging.getLogger(__name__)
 # - a cosine schedule after one warm-up epoch, for a head that starts from random weights.
 STAGE2_TRAIN_DEFAULTS: dict[str, Any] = {"use_ema": False, "eval_num_select": 100, "eval_interval": 5}
 STAGE2_OPTIM_DEFAULTS: dict[str, Any] = {"lr": 5e-4, "lr_scheduler": "cosine", "warmup_epochs": 1.0}
+# Flags stage 2 accepts (shared command lines keep working) but hides from --help: they set up the detector's own
+# training (its losses, encoder learning rates, EMA of the whole model, encoder freezing), which a frozen detector
+# ignores; the mask head trains at --lr with the mask losses, matched by class and box costs.
+STAGE2_HIDDEN: tuple[str, ...] = (
+    "freeze_encoder", "use_ema", "no_ema", "ema_decay", "ema_tau", "early_stopping_use_ema",
+    "lr_encoder", "lr_vit_layer_decay", "lr_component_decay",
+    "cls_loss_coef", "bbox_loss_coef", "giou_loss_coef", "set_cost_mask_ce", "set_cost_mask_dice", "focal_alpha",
+    "ia_bce_loss", "sum_group_losses",
+)
 # Looked for, in this order, in --stage1_run when --checkpoint is not given.
 STAGE1_CHECKPOINTS: tuple[str, ...] = (
     "checkpoint_best_total.pth", "checkpoint_best_regular.pth", "checkpoint_best_ema.pth", "checkpoint.pth",
