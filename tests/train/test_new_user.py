@@ -1,0 +1,62 @@
+"""What a new user tripped over in training (issue #23): an unreadable image, resume, disk use, progress and hints."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import train_detector_stage1
+from rfdetr.data.coco import CocoDetection
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Fast, deterministic settings for CPU (as tests/train/test_stage1.py).
+FAST = ["--size", "tiny", "--pretrained", "none", "--workers", "0", "--batch", "2", "--accum", "1",
+        "--multi_scale", "0", "--augment", "0", "--seed", "3", "--tensorboard", "0"]
+
+
+def run_stage1(dataset: Path, output: Path, *extra: str) -> int:
+    argv = [*FAST, "--dataset", str(dataset), "--output", str(output), *extra]
+    return train_detector_stage1.main(train_detector_stage1.get_args_parser().parse_args(argv))
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture
+def broken(four_images: Path, tmp_path: Path) -> Path:
+    """The four-image set with train_0002.jpg cut in half (a truncated JPEG: its header still opens)."""
+    root = Path(shutil.copytree(four_images, tmp_path / "ds"))
+    truncate(root / "train" / "train_0002.jpg")
+    return root
+
+
+# ------------------------------------------------------------------------------------------ point 1: unreadable image
+
+
+def test_truncated_image_stops_before_the_run_folder(broken: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """A truncated image in the training set: one line naming the file and the fix, exit 2, no run folder (it died
+    in a DataLoader worker mid-epoch with ~30 lines and left a half-made folder that pushed the next run to _2)."""
+    out = tmp_path / "runs"
+    assert run_stage1(broken, out, "--epochs", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "train_0002.jpg" in err and "truncated" in err and "validate_setup.py" in err and "1 of" in err
+    assert "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_training_split_substitutes_an_image_broken_after_the_check(broken: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    train = CocoDetection(broken, "train", substitute_unreadable=True)
+    index = [r.path.name for r in train.records].index("train_0002.jpg")
+    image, target = train[index]
+    assert int(target["image_id"]) == train.records[index + 1].image_id
+    assert "train_0002.jpg" in caplog.text and "in its place" in caplog.text
+    with pytest.raises(ValueError, match="train_0002.jpg"):
+        CocoDetection(broken, "train")[index]  # evaluation splits keep every image: no substitute
