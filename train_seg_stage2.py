@@ -17,14 +17,14 @@ import argparse
 import sys
 
 from rfdetr.models.mask_head import MASK_HEAD_KINDS
-from rfdetr.train.args import add_training_arguments, detection_sizes, run_training_script
+from rfdetr.train.args import TrainingArgumentParser, add_training_arguments, detection_sizes, run_training_script
 from rfdetr.train.config import SEGMENTATION_LOSS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     from rfdetr.train.stage2 import STAGE2_HIDDEN, STAGE2_OPTIM_DEFAULTS, STAGE2_TRAIN_DEFAULTS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = TrainingArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_arguments(parser, detection_sizes(), train_overrides=STAGE2_TRAIN_DEFAULTS,
                            loss_defaults=SEGMENTATION_LOSS, optim_overrides=STAGE2_OPTIM_DEFAULTS, hide=STAGE2_HIDDEN,
                            eval_only_help="evaluate a stage-2 checkpoint (--checkpoint FILE, or --resume) on valid "

@@ -128,6 +128,7 @@ class _Fit:
         self.job, self.cfg, self.optim_cfg, self.dist = job, train_cfg, optim_cfg, dist_info
         self.device = dist_info.device
         self.resume_ckpt = load_checkpoint_file(train_cfg.resume) if train_cfg.resume else None
+        self._check_unfinished()
         self.run_dir = self._make_run_dir()
         self.model = job.model.to(self.device)
         self.autocast_dtype = pick_autocast_dtype(self.device, train_cfg.amp)
@@ -164,6 +165,17 @@ class _Fit:
                                   dist_info.is_main)
 
     # ------------------------------------------------------------------------------------------ setup and resume
+
+    def _check_unfinished(self) -> None:
+        """Resuming a run that already trained its epochs says so (it used to warn, then rewrite its best files)."""
+        if self.resume_ckpt is None or "epoch" not in self.resume_ckpt:
+            return
+        done = int(self.resume_ckpt["epoch"]) + 1
+        if done >= self.cfg.epochs:
+            best = Path(self.cfg.resume).parent / "checkpoint_best_total.pth"
+            raise ValueError(f"--resume {self.cfg.resume}: this run already finished ({done} of {self.cfg.epochs} "
+                             f"epochs). To train it further pass a larger --epochs (e.g. --epochs {2 * done}) with "
+                             f"--resume; its weights are in {best}")
 
     def _make_run_dir(self) -> Path:
         if self.resume_ckpt is not None:
@@ -359,9 +371,6 @@ class _Fit:
             interrupted = True
             logger.warning("interrupted: saving %s/checkpoint.pth before stopping", self.run_dir)
             self._save_last(epoch)
-        if self.start_epoch >= self.cfg.epochs:
-            logger.warning("nothing to train: the checkpoint already finished epoch %d of %d", self.start_epoch - 1,
-                           self.cfg.epochs)
         results = {} if interrupted else self._finish()
         barrier()
         self.run_logger.close()

@@ -60,3 +60,43 @@ def test_training_split_substitutes_an_image_broken_after_the_check(broken: Path
     assert "train_0002.jpg" in caplog.text and "in its place" in caplog.text
     with pytest.raises(ValueError, match="train_0002.jpg"):
         CocoDetection(broken, "train")[index]  # evaluation splits keep every image: no substitute
+
+
+# ------------------------------------------------------------------------------------------ point 2: resume
+
+
+def test_resume_takes_the_run_settings_and_refuses_a_finished_run(four_images: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """``--resume runs/.../checkpoint.pth`` alone uses the run's config.json (it failed with 'dataset dataset: no
+    train/_annotations.coco.json'); a finished run says so (it continued silently toward the default 100 epochs);
+    a larger --epochs given explicitly trains it further, in the same folder, with the other recorded settings."""
+    import json
+
+    from rfdetr.util.loggers import read_jsonl
+
+    assert run_stage1(four_images, tmp_path / "runs", "--epochs", "2", "--eval_interval", "2") == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    ckpt = str(run_dir / "checkpoint.pth")
+    parser = train_detector_stage1.get_args_parser()
+    capsys.readouterr()
+    assert train_detector_stage1.main(parser.parse_args(["--resume", ckpt])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already finished (2 of 2 epochs)" in err and "--epochs" in err, err
+    assert len(read_jsonl(run_dir / "log.jsonl")) == 2
+
+    assert train_detector_stage1.main(parser.parse_args(["--resume", ckpt, "--epochs", "3"])) == 0
+    assert [r["epoch"] for r in read_jsonl(run_dir / "log.jsonl")] == [0, 1, 2]
+    resumed = json.loads((run_dir / "config_resume.json").read_text())["args"]
+    assert resumed["dataset"] == str(four_images) and resumed["epochs"] == 3 and resumed["eval_interval"] == 2
+    assert resumed["num_workers"] == 0 and resumed["batch_size"] == 2 and resumed["size"] == "tiny"
+    assert [p.name for p in tmp_path.joinpath("runs").iterdir()] == [run_dir.name]  # no new folder
+
+
+def test_resume_from_a_text_file_is_one_clear_line(four_images: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("runs/detector_nano_384_1\n")
+    assert run_stage1(four_images, tmp_path / "runs", "--resume", str(text)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "notes.txt is not a PyTorch checkpoint" in err, err
+    assert "weights_only" not in err
