@@ -51,6 +51,44 @@ from rfdetr.util.seeding import rng_state, seed_everything, set_rng_state
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[nn.Module, torch.Tensor, list], dict[str, Any]]
+# A best AP50:95 below this at the end of a run means the model has learned next to nothing: the run says why that
+# usually happens (1 AP point; a model that learned anything useful scores far above it).
+NEAR_ZERO_AP = 0.01
+
+
+def format_duration(seconds: float) -> str:
+    """``3725.0`` -> ``1h02m``, ``95.0`` -> ``1m35s``, ``7.2`` -> ``7s``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def near_zero_hint(best_ap: float, iou_type: str, config: dict[str, Any], epochs_run: int) -> str | None:
+    """One line naming the likely causes when a finished run's best AP50:95 is near zero, else None.
+
+    Args:
+        best_ap: the better of the regular and EMA best AP50:95 (-1 when never evaluated).
+        iou_type: ``bbox`` or ``segm``.
+        config: the run's config (``args`` holds its flags: ``pretrained``, ``epochs``).
+        epochs_run: epochs trained in all (resumes included).
+    """
+    if best_ap < 0 or best_ap >= NEAR_ZERO_AP:
+        return None
+    args = config.get("args", {})
+    causes = []
+    pretrained = args.get("pretrained")
+    if isinstance(pretrained, str) and pretrained.lower() == "none":
+        causes.append("no pretrained start (--pretrained none: a detector from random weights needs hundreds of "
+                      "epochs; drop the flag to start from the official COCO weights)")
+    causes.append(f"too few epochs ({epochs_run}; a few dozen from pretrained weights is typical)")
+    if config.get("stage") == "seg_stage2" or "detector_checkpoint" in config:
+        causes.append("a stage-1 detector that finds nothing (check its own AP in its results.json)")
+    causes.append("a learning rate too high or too low (--lr)")
+    return (f"the best {iou_type} AP50:95 is {best_ap:.4f}, near zero: the model has learned next to nothing and "
+            f"will predict few or no objects. Likely causes: {'; '.join(causes)}")
 
 
 @dataclass
@@ -279,7 +317,7 @@ class _Fit:
         train_stats, self.global_step = train_one_epoch(
             self.train_model, self.job.criterion, self.train_loader, self.optimizer, self.scheduler, self.device,
             epoch, settings, global_step=self.global_step, scaler=self.scaler, ema=self.ema, forward=self.job.forward,
-            on_step=on_step)
+            on_step=on_step, desc=f"epoch {epoch + 1}/{self.cfg.epochs}")
         metrics: dict[str, Any] = {}
         ema_metrics: dict[str, Any] | None = None
         stop = False
@@ -344,23 +382,30 @@ class _Fit:
 
     def run(self) -> FitResult:
         epoch = self.start_epoch - 1
+        elapsed = 0.0
         record: dict[str, Any] = {}
         stopped = interrupted = False
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 start = time.perf_counter()
                 record = self._epoch(epoch)
+                seconds = time.perf_counter() - start
+                elapsed += seconds
+                # Time left: the mean epoch so far (evaluations included) times the epochs left; early stopping can
+                # only make it shorter.
+                left = elapsed / (epoch + 1 - self.start_epoch) * (self.cfg.epochs - epoch - 1)
+                timing = f"{seconds:.1f}s, about {format_duration(left)} left" if epoch + 1 < self.cfg.epochs \
+                    else f"{seconds:.1f}s"
                 if record["evaluated"]:
                     ema_map = record.get(f"ema_val_{self.job.iou_type}_mAP")
-                    logger.info("epoch %d: loss %.4f, %s mAP50:95 %.4f (ema %s), best %.4f, %.1fs", epoch,
-                                record.get("train_loss", math.nan), self.job.iou_type,
+                    logger.info("epoch %d/%d: loss %.4f, %s mAP50:95 %.4f (ema %s), best %.4f, %s", epoch + 1,
+                                self.cfg.epochs, record.get("train_loss", math.nan), self.job.iou_type,
                                 record.get(f"val_{self.job.iou_type}_mAP", math.nan),
                                 "-" if ema_map is None else f"{ema_map:.4f}",
-                                max(self.best["regular"], self.best["ema"]), time.perf_counter() - start)
+                                max(self.best["regular"], self.best["ema"]), timing)
                 else:
-                    logger.info("epoch %d: loss %.4f, not evaluated (--eval_interval %d), %.1fs", epoch,
-                                record.get("train_loss", math.nan), self.cfg.eval_interval,
-                                time.perf_counter() - start)
+                    logger.info("epoch %d/%d: loss %.4f, not evaluated (--eval_interval %d), %s", epoch + 1,
+                                self.cfg.epochs, record.get("train_loss", math.nan), self.cfg.eval_interval, timing)
                 if record["stop"]:
                     stopped = True
                     logger.info("early stopping: no AP50:95 gain for %d epochs (patience %d)", self.early.counter,
@@ -372,6 +417,11 @@ class _Fit:
             logger.warning("interrupted: saving %s/checkpoint.pth before stopping", self.run_dir)
             self._save_last(epoch)
         results = {} if interrupted else self._finish()
+        if not interrupted and self.dist.is_main:
+            hint = near_zero_hint(max(self.best["regular"], self.best["ema"]), self.job.iou_type,
+                                  {"stage": self.job.stage, **self.job.config}, epoch + 1)
+            if hint:
+                logger.warning(hint)
         barrier()
         self.run_logger.close()
         return FitResult(self.run_dir, results.get("best", dict(self.best)), epoch - self.start_epoch + 1, stopped,

@@ -100,3 +100,31 @@ def test_resume_from_a_text_file_is_one_clear_line(four_images: Path, tmp_path: 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "notes.txt is not a PyTorch checkpoint" in err, err
     assert "weights_only" not in err
+
+
+# ------------------------------------------------------------------------------------------ point 7: progress, hints
+
+
+def test_progress_shows_epoch_count_and_time_left_and_a_near_zero_run_says_why(
+        four_images: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each epoch's line shows 'epoch i/N' and the time left; a run that ends with AP near zero (2 epochs from random
+    weights) says so in one line with the likely causes (it ended silently, and predict then found nothing)."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="rfdetr.train.fit"):
+        assert run_stage1(four_images, tmp_path / "runs", "--epochs", "2") == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "rfdetr.train.fit"]
+    assert any(ln.startswith("epoch 1/2:") and "left" in ln for ln in lines), lines
+    assert any(ln.startswith("epoch 2/2:") for ln in lines), lines
+    (hint,) = [ln for ln in lines if "near zero" in ln]
+    assert "\n" not in hint and "no pretrained start" in hint and "too few epochs (2" in hint
+
+
+def test_near_zero_hint_rule() -> None:
+    from rfdetr.train.fit import NEAR_ZERO_AP, format_duration, near_zero_hint
+
+    assert near_zero_hint(0.5, "bbox", {"args": {"pretrained": "none"}}, 50) is None
+    assert near_zero_hint(-1.0, "bbox", {}, 3) is None  # never evaluated
+    hint = near_zero_hint(NEAR_ZERO_AP / 2, "segm", {"stage": "seg_stage2", "args": {}}, 5)
+    assert "segm AP50:95" in hint and "stage-1 detector" in hint and "no pretrained start" not in hint
+    assert [format_duration(s) for s in (7.2, 95, 3725)] == ["7s", "1m35s", "1h02m"]
