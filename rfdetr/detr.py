@@ -70,6 +70,15 @@ logger = logging.getLogger(__name__)
 COCO_CLASS_NAMES: tuple[str, ...] = COCO_CLASSES
 
 
+
+def _refuse_resume_state(ckpt: dict[str, Any], path: Path) -> None:
+    """A stage-2 run's ``checkpoint.pth`` holds only its mask head (the frozen detector is another file): say which
+    file to load instead of failing on missing detector keys."""
+    if isinstance(ckpt.get("detector_source"), dict):
+        raise CheckpointError(f"{path} is a stage-2 run's resume state (its mask head only; the frozen detector is "
+                              f"{ckpt['detector_source'].get('path')}): load the run's "
+                              f"{path.with_name('checkpoint_best_total.pth')}")
+
 class RFDETR:
     """An RF-DETR model ready for inference: weights, class names and pre/post-processing.
 
@@ -118,6 +127,7 @@ class RFDETR:
                 pretrain_weights = PRESET_WEIGHTS[self.size]
             self.weights_path = Path(resolve_weights(pretrain_weights))
             ckpt = load_checkpoint_file(self.weights_path)
+            _refuse_resume_state(ckpt, self.weights_path)
         self._setup(ckpt, num_classes, class_names, resolution, device, masks)
 
     @classmethod
@@ -129,6 +139,7 @@ class RFDETR:
         """
         weights = Path(resolve_weights(path))
         ckpt = load_checkpoint_file(weights)
+        _refuse_resume_state(ckpt, weights)
         target = cls
         if cls.size is None:
             detector_state, _, _ = split_stage2(ckpt, extract_state_dict(ckpt))

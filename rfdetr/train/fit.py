@@ -11,9 +11,10 @@ Files in the run folder::
     log.jsonl                   one JSON line per epoch (val_* entries on evaluated epochs only, see --eval_interval)
     tb/                         TensorBoard events (losses, learning rates, mAP, validation pictures)
     checkpoint.pth              last state, for --resume: weights, optimizer, schedule, EMA, RNG, best metrics
+                                (stage 2: the mask head only, and the frozen detector's source file and hash)
     checkpoint_best_regular.pth best regular weights (weights, args, class names only)
     checkpoint_best_ema.pth     best EMA weights
-    checkpoint_best_total.pth   the better of the two, written at the end
+    checkpoint_best_total.pth   the better of the two, written at the end (a hard link to it: no second copy)
     results.json                final metrics (valid, and test when the split exists)
 """
 
@@ -45,7 +46,7 @@ from rfdetr.train.report import EpochReport
 from rfdetr.util.distributed import DistInfo, barrier, broadcast_object
 from rfdetr.util.early_stopping import EarlyStopping, select_metric
 from rfdetr.util.loggers import JsonlLogger, RunLogger
-from rfdetr.util.run_dir import create_run_dir, write_config, write_json_atomic
+from rfdetr.util.run_dir import create_run_dir, link_or_copy, write_config, write_json_atomic
 from rfdetr.util.seeding import rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,10 @@ class TrainingJob:
         checkpoint_extra: more top-level entries for every checkpoint (e.g. the mask-head config).
         category_ids: the dataset's category id of each class (recorded as ``category_ids``, so that predictions can
             use the dataset's ids; :func:`rfdetr.checkpoint.checkpoint_category_ids`).
+        resume_state_dict: what goes under ``model`` in ``checkpoint.pth`` only (default: ``state_dict``); stage 2
+            stores the mask head alone there, since its frozen detector is known from its source checkpoint.
+        load_resume_state_dict: the inverse, for resume (default: ``load_state_dict``).
+        resume_extra: more top-level entries for ``checkpoint.pth`` only (stage 2: where its detector came from).
         use_ema: keep an EMA of the trainable weights (overrides ``TrainConfig.use_ema`` when not None).
     """
 
@@ -134,6 +139,9 @@ class TrainingJob:
     load_state_dict: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
     category_ids: list[int] | None = None
+    resume_state_dict: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
+    load_resume_state_dict: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
+    resume_extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -233,7 +241,10 @@ class _Fit:
         return run_dir
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        _load_weights(self.job, self.model, ckpt["model"])
+        if self.job.load_resume_state_dict is not None:
+            self.job.load_resume_state_dict(self.model, ckpt["model"])
+        else:
+            _load_weights(self.job, self.model, ckpt["model"])
         for key, target in (("optimizer", self.optimizer), ("lr_scheduler", self.scheduler)):
             if key not in ckpt:
                 raise ValueError(f"{self.cfg.resume} has no '{key}': it is a weights-only file. Resume from the run's "
@@ -273,7 +284,9 @@ class _Fit:
             extra["ema_updates"] = self.ema.updates
         if self.scaler is not None and self.scaler.is_enabled():
             extra["scaler"] = self.scaler.state_dict()
-        save_checkpoint(self._weights_file(_weights(self.job, self.model), epoch, **extra),
+        weights = (self.job.resume_state_dict(self.model) if self.job.resume_state_dict is not None
+                   else _weights(self.job, self.model))
+        save_checkpoint(self._weights_file(weights, epoch, **extra, **self.job.resume_extra),
                         self.run_dir / "checkpoint.pth")
         if (epoch + 1) % self.cfg.checkpoint_interval == 0:
             save_checkpoint(self._weights_file(_weights(self.job, self.model), epoch),
@@ -355,13 +368,12 @@ class _Fit:
         use_ema = self.best["ema"] > self.best["regular"]  # strict: ties go to the regular weights, as upstream
         source = self.run_dir / ("checkpoint_best_ema.pth" if use_ema else "checkpoint_best_regular.pth")
         if source.exists():
-            best = load_checkpoint_file(source)
-            keep = ("model", "args", "model_name", "model_config", "class_names", "category_ids", "stage", "epoch",
-                    "metric", *self.job.checkpoint_extra)
-            save_checkpoint({k: v for k, v in best.items() if k in keep}, self.run_dir / "checkpoint_best_total.pth")
+            # The best file holds exactly what checkpoint_best_total.pth must (weights and metadata): the same
+            # bytes under the name users and rfdetr load, stored once (a hard link; a copy where there are none).
+            link_or_copy(source, self.run_dir / "checkpoint_best_total.pth")
             results["best_total_source"] = source.name
             if self.job.test_set is not None and self.cfg.run_test:
-                results["test"] = self._test(best["model"])
+                results["test"] = self._test(load_checkpoint_file(source)["model"])
         write_json_atomic(self.run_dir / "results.json", results)
         return results
 

@@ -23,6 +23,7 @@ segmentation checkpoints; ``mask_head.*`` for MaskHeadNano), and ``mask_head``: 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import shlex
 from dataclasses import dataclass
@@ -324,6 +325,52 @@ def check_cache_settings(cache: str | None, train_cfg: TrainConfig) -> None:
                           f"{' '.join(f'--{n} 0' for n in on)} (or drop --cache_features)")
 
 
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values (key order ignored): the frozen detector's identity,
+    the same however its file was saved or named."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def resume_detector_source(resume: Path, ckpt: dict[str, Any]) -> tuple[Path, dict[str, Any], str] | None:
+    """Where a stage-2 ``checkpoint.pth`` (mask head only) says its frozen detector came from, checked by hash.
+
+    Returns:
+        (the detector checkpoint, its content, the detector hash), or None for a full checkpoint (detector included:
+        older runs).
+
+    Raises:
+        Stage2Error: the source file is gone, or its detector is not the one this run trained with.
+    """
+    ref = ckpt.get("detector_source")
+    if not isinstance(ref, dict):
+        return None
+    path = Path(str(ref.get("path")))
+    if not path.is_file():
+        raise Stage2Error(f"--resume {resume}: its frozen detector came from {path}, which no longer exists: restore "
+                          "that file (the run keeps only its mask head in checkpoint.pth), or start a new stage-2 run")
+    source_ckpt = load_checkpoint_file(path)
+    detector_state, _ = split_mask_head(extract_state_dict(source_ckpt))
+    digest = state_sha256(detector_state)
+    if digest != ref.get("sha256"):
+        raise Stage2Error(f"--resume {resume}: the detector in {path} has changed since this run started (sha256 "
+                          f"{digest[:12]}, the run recorded {str(ref.get('sha256'))[:12]}): restore the original file "
+                          "or start a new stage-2 run")
+    return path, source_ckpt, digest
+
+
+def _load_mask_head_only(model: Segmenter, state: dict[str, torch.Tensor]) -> None:
+    """Resume: the mask head from ``checkpoint.pth``'s ``model`` (its other keys, if any, are the detector, which
+    :func:`build_job` already loaded from its source)."""
+    prefix = model.mask_head.key_prefix
+    model.mask_head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                                    strict=True)
+
+
 def _cache_fingerprint(path: Path, cfg: ModelConfig, root: Path) -> dict[str, Any]:
     stat = path.stat()
     return {"checkpoint": str(path.resolve()), "checkpoint_bytes": stat.st_size,
@@ -360,6 +407,16 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
     source = Path(train_cfg.resume) if train_cfg.resume else find_checkpoint(args.stage1_run, args.checkpoint)
     ckpt = load_checkpoint_file(source)
     detector_state, head_state = split_mask_head(extract_state_dict(ckpt))
+    if not train_cfg.resume and isinstance(ckpt.get("detector_source"), dict):
+        raise Stage2Error(f"{source} is a stage-2 run's resume state (its mask head only): pass --resume {source} to "
+                          f"continue that run, or --checkpoint {source.with_name('checkpoint_best_total.pth')}")
+    resumed = ckpt if train_cfg.resume else None
+    referenced = resume_detector_source(source, ckpt) if resumed is not None else None
+    if referenced is not None:  # a slim checkpoint.pth: the detector comes from its recorded source, verified
+        source, ckpt, digest = referenced
+        detector_state, _ = split_mask_head(extract_state_dict(ckpt))
+    else:
+        digest = state_sha256(detector_state)
     probe = CocoDetection(root, "valid")  # class names and ids without decoding any image
     names = probe.class_names
     check_classes(source, ckpt, detector_state, root, names)
@@ -367,6 +424,8 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
     detector = build_model(cfg)
     load_detector(detector, detector_state, source, args.size)
     head_source, head_ckpt = source, ckpt
+    if referenced is not None and resumed is not None:
+        head_source, head_ckpt = Path(str(train_cfg.resume)), resumed
     weights = getattr(args, "mask_head_weights", None)
     if weights and not train_cfg.resume:  # a resumed run restores its own head
         head_source = Path(weights)
@@ -402,6 +461,10 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
         iou_type="segm", run_prefix=f"segmentation_{args.size}_{cfg.resolution}", forward=forward,
         state_dict=lambda m: m.checkpoint_state_dict(), load_state_dict=lambda m, s: m.load_checkpoint_state_dict(s),
         checkpoint_extra={"mask_head": head_cfg.to_dict(), "detector_checkpoint": str(source)},
+        # checkpoint.pth keeps the trained head only: the frozen detector would be its 99.9%, and it is known from
+        # its source file, checked by this hash on resume (best / numbered checkpoints stay complete models).
+        resume_state_dict=lambda m: m.mask_head_state_dict(), load_resume_state_dict=_load_mask_head_only,
+        resume_extra={"detector_source": {"path": str(source.resolve()), "sha256": digest}},
         config=to_jsonable({"args": vars(args), "detector_checkpoint": str(source), "model": cfg.to_dict(),
                             "mask_head": head_cfg.to_dict(), "parameters": counts, "train": train_cfg,
                             "optim": optim_cfg, "loss": loss_cfg, "train_scales": scales,

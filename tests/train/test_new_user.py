@@ -128,3 +128,94 @@ def test_near_zero_hint_rule() -> None:
     hint = near_zero_hint(NEAR_ZERO_AP / 2, "segm", {"stage": "seg_stage2", "args": {}}, 5)
     assert "segm AP50:95" in hint and "stage-1 detector" in hint and "no pretrained start" not in hint
     assert [format_duration(s) for s in (7.2, 95, 3725)] == ["7s", "1m35s", "1h02m"]
+
+
+# ------------------------------------------------------------------------------------------ point 4: disk use
+
+
+def distinct_bytes(folder: Path) -> int:
+    """Bytes the folder's files take, each stored file (inode) counted once, as ``du`` counts hard links."""
+    seen: dict[tuple[int, int], int] = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            seen[(stat.st_dev, stat.st_ino)] = stat.st_size
+    return sum(seen.values())
+
+
+def test_best_checkpoints_are_stored_once(four_images: Path, tmp_path: Path) -> None:
+    """checkpoint_best_total.pth is the best file under the name users and rfdetr load, not a second copy (a 2-epoch
+    nano run stored two identical 120 MB files); it still loads as a complete model."""
+    from rfdetr.checkpoint import load_checkpoint_file
+    from rfdetr.config import TINY_CONFIG
+    from rfdetr.models import build_model
+
+    assert run_stage1(four_images, tmp_path / "runs", "--epochs", "2", "--run_test", "0") == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    total = run_dir / "checkpoint_best_total.pth"
+    sources = [run_dir / n for n in ("checkpoint_best_regular.pth", "checkpoint_best_ema.pth")]
+    assert any(p.is_file() and p.samefile(total) for p in sources)
+    sizes = {p.name: p.stat().st_size for p in run_dir.glob("*.pth")}
+    assert distinct_bytes(run_dir) <= sum(sizes.values()) - sizes["checkpoint_best_total.pth"] + 100_000
+    best = load_checkpoint_file(total)
+    assert "optimizer" not in best
+    build_model(TINY_CONFIG.replace(num_classes=3)).load_state_dict(best["model"], strict=True)
+
+
+def test_shrink_head_writes_no_copy_when_nothing_changes(four_images: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    import shrink_head
+    from rfdetr.checkpoint import make_checkpoint, save_checkpoint
+    from rfdetr.config import TINY_CONFIG
+    from rfdetr.models import build_model
+
+    names = CocoDetection(four_images, "train").class_names
+    cfg = TINY_CONFIG.replace(num_classes=len(names), class_names=tuple(names))
+    source = save_checkpoint(make_checkpoint(build_model(cfg).state_dict(), cfg, names, stage="detector"),
+                             tmp_path / "checkpoint_best_total.pth")
+    out = tmp_path / "checkpoint_3class.pth"
+    argv = ["--in_ckpt", str(source), "--out_ckpt", str(out), "--dataset", str(four_images)]
+    assert shrink_head.main(shrink_head.get_args_parser().parse_args(argv)) == 0
+    text = capsys.readouterr().out
+    assert not out.exists() and "nothing to change" in text and "not written" in text and f"Use {source}" in text
+
+
+def test_stage2_resume_state_is_small_and_checked_by_hash(four_images: Path, tiny_stage2_checkpoint: Path,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A stage-2 checkpoint.pth keeps the mask head only and names its frozen detector's source (a 346 MB stage-2
+    run stored the detector three times); resume loads the detector from there after checking its hash; the files
+    users load (best / total) stay complete models for RFDETR, predict and export."""
+    import train_seg_stage2
+    from rfdetr.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint
+    from rfdetr.detr import RFDETR
+
+    detector = Path(shutil.copy(tiny_stage2_checkpoint, tmp_path / "detector.pth"))
+    flags = [*FAST, "--dataset", str(four_images), "--output", str(tmp_path / "runs"), "--run_test", "0"]
+    del flags[flags.index("--pretrained"):flags.index("--pretrained") + 2]
+    parser = train_seg_stage2.get_args_parser()
+    assert train_seg_stage2.main(parser.parse_args([*flags, "--checkpoint", str(detector), "--epochs", "2",
+                                                    "--eval_interval", "2"])) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    last, total = run_dir / "checkpoint.pth", run_dir / "checkpoint_best_total.pth"
+    assert last.stat().st_size < total.stat().st_size / 10
+    state = load_checkpoint_file(last)
+    assert all(k.startswith("mask_head.") for k in state["model"]) and "optimizer" in state
+    assert state["detector_source"]["path"] == str(detector.resolve()) and len(state["detector_source"]["sha256"]) == 64
+
+    model = RFDETR.from_checkpoint(total, masks=True)  # what predict / export / evaluate load
+    assert model.model.mask_head is not None
+    with pytest.raises(CheckpointError, match="resume state"):
+        RFDETR.from_checkpoint(last)
+
+    capsys.readouterr()
+    assert train_seg_stage2.main(parser.parse_args(["--resume", str(last), "--epochs", "3"])) == 0
+    assert load_checkpoint_file(last)["epoch"] == 2
+
+    ckpt = load_checkpoint_file(detector)  # the detector changes under the run: resume refuses, in one line
+    key = next(k for k in ckpt["model"] if k.startswith("transformer."))
+    ckpt["model"][key] = ckpt["model"][key] + 1.0
+    save_checkpoint(ckpt, detector)
+    capsys.readouterr()
+    assert train_seg_stage2.main(parser.parse_args(["--resume", str(last), "--epochs", "4"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has changed since this run started" in err, err
