@@ -13,6 +13,7 @@ Pure functions over plain dicts and tensors; no nn.Module is built here. Support
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import pickle
@@ -297,3 +298,15 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
     with atomic_path(path, durable=True) as tmp, open(tmp, "xb") as f:
         torch.save(dict(obj), f)
     return Path(path)
+
+
+def state_sha256(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values (key order ignored): the identity of a set of
+    weights however its file was saved or named (a stage-2 run records its frozen detector's)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -23,7 +23,6 @@ segmentation checkpoints; ``mask_head.*`` for MaskHeadNano), and ``mask_head``: 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import shlex
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from rfdetr.checkpoint import (
     load_checkpoint_file,
     load_into,
 )
+from rfdetr.checkpoint.files import state_sha256
 from rfdetr.checkpoint.weights import resolve_weights
 from rfdetr.config import ModelConfig
 from rfdetr.data.coco import CocoDetection
@@ -323,17 +323,6 @@ def check_cache_settings(cache: str | None, train_cfg: TrainConfig) -> None:
         raise Stage2Error(f"--cache_features computes each image's detector outputs once, so every epoch must see the "
                           f"same pixels, but {', '.join(on)} is on: add "
                           f"{' '.join(f'--{n} 0' for n in on)} (or drop --cache_features)")
-
-
-def state_sha256(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict's names, dtypes, shapes and values (key order ignored): the frozen detector's identity,
-    the same however its file was saved or named."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{list(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def resume_detector_source(resume: Path, ckpt: dict[str, Any]) -> tuple[Path, dict[str, Any], str] | None:

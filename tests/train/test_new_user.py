@@ -185,6 +185,8 @@ def test_stage2_resume_state_is_small_and_checked_by_hash(four_images: Path, tin
     """A stage-2 checkpoint.pth keeps the mask head only and names its frozen detector's source (a 346 MB stage-2
     run stored the detector three times); resume loads the detector from there after checking its hash; the files
     users load (best / total) stay complete models for RFDETR, predict and export."""
+    import torch
+
     import train_seg_stage2
     from rfdetr.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint
     from rfdetr.detr import RFDETR
@@ -202,10 +204,11 @@ def test_stage2_resume_state_is_small_and_checked_by_hash(four_images: Path, tin
     assert all(k.startswith("mask_head.") for k in state["model"]) and "optimizer" in state
     assert state["detector_source"]["path"] == str(detector.resolve()) and len(state["detector_source"]["sha256"]) == 64
 
-    model = RFDETR.from_checkpoint(total, masks=True)  # what predict / export / evaluate load
-    assert model.model.mask_head is not None
-    with pytest.raises(CheckpointError, match="resume state"):
-        RFDETR.from_checkpoint(last)
+    best = RFDETR.from_checkpoint(total, masks=True)  # what predict / export / evaluate load
+    # checkpoint.pth loads too, as its recorded detector plus its head (here the last epoch is the best one)
+    resumed = RFDETR.from_checkpoint(last, masks=True)
+    assert all(torch.equal(a, b) for a, b in zip(best.model.state_dict().values(),
+                                                  resumed.model.state_dict().values(), strict=True))
 
     capsys.readouterr()
     assert train_seg_stage2.main(parser.parse_args(["--resume", str(last), "--epochs", "3"])) == 0
@@ -219,3 +222,5 @@ def test_stage2_resume_state_is_small_and_checked_by_hash(four_images: Path, tin
     assert train_seg_stage2.main(parser.parse_args(["--resume", str(last), "--epochs", "4"])) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has changed since this run started" in err, err
+    with pytest.raises(CheckpointError, match="has changed since that run: load .*checkpoint_best_total.pth"):
+        RFDETR.from_checkpoint(last)
