@@ -63,3 +63,12 @@ def test_deploy_commands_help_shows_defaults(module: str, expected: list[str]) -
     assert "default: CUDA when available) (default" not in text
     assert "seg_stage2_nano" not in text  # a folder stage 2 never writes
 
+
+
+def test_stage2_warns_about_a_hidden_flag_it_ignores(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    parser = _script_parser("train_seg_stage2.py")
+    module = importlib.import_module("rfdetr.train.stage2")
+    args = parser.parse_args(["--freeze_encoder", "1", "--cls_loss_coef", "3", "--dataset", str(tmp_path / "none")])
+    with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError):
+        module.run(args)
+    assert "--cls_loss_coef, --freeze_encoder: no effect in stage 2" in caplog.text

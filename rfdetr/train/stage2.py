@@ -84,6 +84,9 @@ STAGE2_HIDDEN: tuple[str, ...] = (
     "cls_loss_coef", "bbox_loss_coef", "giou_loss_coef", "set_cost_mask_ce", "set_cost_mask_dice", "focal_alpha",
     "ia_bce_loss", "sum_group_losses",
 )
+# The hidden flags that change nothing in stage 2 (EMA does work, on the whole model, so it is only hidden).
+STAGE2_IGNORED: tuple[str, ...] = tuple(k for k in STAGE2_HIDDEN if k not in ("use_ema", "no_ema", "ema_decay",
+                                                                               "ema_tau", "early_stopping_use_ema"))
 # Looked for, in this order, in --stage1_run when --checkpoint is not given.
 STAGE1_CHECKPOINTS: tuple[str, ...] = (
     "checkpoint_best_total.pth", "checkpoint_best_regular.pth", "checkpoint_best_ema.pth", "checkpoint.pth",
@@ -478,6 +481,10 @@ def run(args: argparse.Namespace) -> FitResult | dict[str, Any]:
     """Build the stage-2 job from the flags of ``train_seg_stage2.py`` and train it (or evaluate, ``--eval_only``)."""
     train_cfg, optim_cfg, loss_cfg = configs_from_args(args)
     check_cache_settings(args.cache_features, train_cfg)  # before the (slow) model and data setup
+    ignored = [f"--{k}" for k in getattr(args, "_explicit", ()) if k in STAGE2_IGNORED]
+    if ignored:
+        logger.warning("%s: no effect in stage 2 (the detector is frozen; only the mask head trains, at --lr with the "
+                       "mask losses)", ", ".join(ignored))
     dist_info = init_distributed(pick_device(train_cfg.device))
     try:
         seed_everything(train_cfg.seed, dist_info.rank)
