@@ -26,6 +26,9 @@ from rfdetr.data.masks import mask_kind
 from rfdetr.data.synthetic import ANNOTATION_FILE
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+# Boxes may poke out of their image by rounding noise (Roboflow writes 3 decimals): clipping those is routine (an
+# INFO line); more than this is a data error (validate_setup.py fails it, training warns).
+BBOX_TOLERANCE_PX = 1.0
 # The supercategory Roboflow gives its synthetic project-level category.
 PLACEHOLDER_SUPERCATEGORY = "none"
 
@@ -157,6 +160,8 @@ class _SplitReader:
         box, overshoot = clip_box(bbox, image["width"], image["height"])
         if overshoot > 0:
             self.stats["boxes clipped to the image"] += 1
+            if overshoot > BBOX_TOLERANCE_PX:
+                self.stats[f"boxes more than {BBOX_TOLERANCE_PX:g} px outside the image"] += 1
         if box[2] <= box[0] or box[3] <= box[1]:
             self.stats["zero-area boxes dropped"] += 1
             return

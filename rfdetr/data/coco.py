@@ -35,7 +35,14 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 
-from rfdetr.data.annotations import ImageRecord, annotation_path, load_coco_json, read_split, resolve_categories
+from rfdetr.data.annotations import (
+    BBOX_TOLERANCE_PX,
+    ImageRecord,
+    annotation_path,
+    load_coco_json,
+    read_split,
+    resolve_categories,
+)
 from rfdetr.data.image_io import UnreadableImageError, check_image, read_rgb
 from rfdetr.data.masks import decode_mask
 
@@ -95,12 +102,19 @@ class CocoDetection(Dataset):
         return f"{self.annotation_file}: {what}"
 
     def _log_stats(self) -> None:
-        problems = {k: v for k, v in self.stats.items() if v and k != "crowd annotations left out"}
+        # Boxes clipped by rounding only (as validate_setup.py counts them) are routine: an INFO line, not a warning.
+        routine = ["crowd annotations left out"]
+        if not any(k.startswith("boxes more than") for k in self.stats):
+            routine.append("boxes clipped to the image")
+        problems = {k: v for k, v in self.stats.items() if v and k not in routine}
         if problems:
             logger.warning("%s: %s", self.annotation_file, ", ".join(f"{v} {k}" for k, v in problems.items()))
         if self.stats["crowd annotations left out"]:
             logger.info("%s: %d crowd annotations left out of the training targets", self.annotation_file,
                         self.stats["crowd annotations left out"])
+        if "boxes clipped to the image" in routine and self.stats["boxes clipped to the image"]:
+            logger.info("%s: %d boxes clipped to the image (rounding: within %g px)", self.annotation_file,
+                        self.stats["boxes clipped to the image"], BBOX_TOLERANCE_PX)
         logger.info("%s: %d images, %d classes %s", self.annotation_file, len(self.records), len(self.class_names),
                     self.class_names)
 
@@ -199,8 +213,10 @@ def require_readable_images(*datasets: CocoDetection | None) -> None:
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""
         root = next(d for d in datasets if d is not None).root
         raise UnreadableImagesError(
-            f"{len(found)} of {total} images cannot be read: {named}{more}. Replace them (export again) or remove "
-            f"them and their annotations from the split's _annotations.coco.json; `python validate_setup.py "
+            f"{len(found)} of {total} images cannot be read: {named}{more}. Replace "
+            f"{'it' if len(found) == 1 else 'them'} (export again) or remove {'it' if len(found) == 1 else 'them'} "
+            f"and {'its' if len(found) == 1 else 'their'} annotations from the split's _annotations.coco.json; "
+            f"`python validate_setup.py "
             f"--dataset {root}` lists every problem")
 
 

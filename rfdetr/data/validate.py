@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from rfdetr.data.annotations import clip_box
+from rfdetr.data.annotations import BBOX_TOLERANCE_PX, clip_box
 from rfdetr.data.image_io import IMAGE_ERRORS, oriented_size
 from rfdetr.data.masks import decode_mask, mask_kind
 from rfdetr.data.synthetic import ANNOTATION_FILE
@@ -22,8 +22,6 @@ from rfdetr.util.checklist import Checklist
 
 REQUIRED_SPLITS: tuple[str, ...] = ("train", "valid")
 OPTIONAL_SPLITS: tuple[str, ...] = ("test",)
-# Boxes may poke out of the image by rounding noise (Roboflow writes 3 decimals); more than this is an error.
-BBOX_TOLERANCE_PX = 1.0
 
 
 @dataclass
