@@ -12,11 +12,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfdetr.train.args import DEFAULT_PRETRAIN_EXCLUDE, add_training_arguments, detection_sizes, run_training_script
+from rfdetr.train.args import (
+    DEFAULT_PRETRAIN_EXCLUDE,
+    TrainingArgumentParser,
+    add_training_arguments,
+    detection_sizes,
+    run_training_script,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = TrainingArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_arguments(parser, detection_sizes(), train_overrides={})
     parser.add_argument("--pretrained", default=None,
                         help="weights to start from: a path, an official name (rf-detr-nano.pth) or 'none' "

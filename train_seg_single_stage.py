@@ -17,14 +17,14 @@ import argparse
 import sys
 
 from rfdetr.models.mask_head import MASK_HEAD_KINDS
-from rfdetr.train.args import add_training_arguments, run_training_script
+from rfdetr.train.args import TrainingArgumentParser, add_training_arguments, run_training_script
 from rfdetr.train.config import SEGMENTATION_LOSS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     from rfdetr.train.single_stage import SINGLE_STAGE_PRETRAIN_EXCLUDE, SINGLE_STAGE_TRAIN_DEFAULTS, single_stage_sizes
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = TrainingArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_arguments(
         parser, single_stage_sizes(), train_overrides=SINGLE_STAGE_TRAIN_DEFAULTS, loss_defaults=SEGMENTATION_LOSS
     )

@@ -17,16 +17,18 @@ import argparse
 import sys
 
 from rfdetr.models.mask_head import MASK_HEAD_KINDS
-from rfdetr.train.args import add_training_arguments, detection_sizes, run_training_script
+from rfdetr.train.args import TrainingArgumentParser, add_training_arguments, detection_sizes, run_training_script
 from rfdetr.train.config import SEGMENTATION_LOSS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from rfdetr.train.stage2 import STAGE2_OPTIM_DEFAULTS, STAGE2_TRAIN_DEFAULTS
+    from rfdetr.train.stage2 import STAGE2_HIDDEN, STAGE2_OPTIM_DEFAULTS, STAGE2_TRAIN_DEFAULTS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = TrainingArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_arguments(parser, detection_sizes(), train_overrides=STAGE2_TRAIN_DEFAULTS,
-                           loss_defaults=SEGMENTATION_LOSS, optim_overrides=STAGE2_OPTIM_DEFAULTS)
+                           loss_defaults=SEGMENTATION_LOSS, optim_overrides=STAGE2_OPTIM_DEFAULTS, hide=STAGE2_HIDDEN,
+                           eval_only_help="evaluate a stage-2 checkpoint (--checkpoint FILE, or --resume) on valid "
+                                          "and exit")
     parser.add_argument("--stage1_run", "--stage1-run", default=None,
                         help="stage-1 run folder; its best checkpoint is used unless --checkpoint is given")
     parser.add_argument("--checkpoint", default=None,
@@ -41,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         metavar="DIR", help="compute the frozen detector's outputs once (needs --augment 0 "
                                             "--multi_scale 0); in memory, or float16 files under DIR")
     parser.add_argument("--seg_lr", "--seg-lr", dest="lr", type=float, default=argparse.SUPPRESS,
-                        help="learning rate of the mask head (the fork's name for --lr)")
+                        help="learning rate of the mask head (same as --lr)")
     return parser
 
 

@@ -4,7 +4,7 @@
    training, 16 validation and 16 test images) and check the environment and the dataset (``validate_setup.py``);
 2. stage 1: fine-tune the detector (``train_detector_stage1.py``);
 3. cut its class heads to the dataset's classes by name (``shrink_head.py --dataset``; here the classes are the same,
-   so this only proves the head matches the dataset, as it must before stage 2);
+   so this only proves the head matches the dataset, as it must before stage 2, and writes no copy);
 4. stage 2: train the mask head on the frozen detector (``train_seg_stage2.py --cache_features --mask_head_weights``);
 5. copy the stage-2 model to ``{output}/model.pth``, print its COCO scores on the held-out test split, and draw its
    predictions on four test images into ``{output}/prediction.png`` (each image enlarged 3x, so that labels and mask
@@ -167,9 +167,12 @@ def main(args: argparse.Namespace) -> int:
     stage1_run = _only_run(out / "stage1")
 
     shrunk = stage1_run / "checkpoint_3class.pth"
+    shrunk.unlink(missing_ok=True)
     surgery = ["--in_ckpt", str(stage1_run / "checkpoint_best_total.pth"), "--out_ckpt", str(shrunk), "--dataset",
-               str(dataset), "--force"]
+               str(dataset)]
     _run_script("shrink_head.py", surgery)
+    if not shrunk.is_file():  # the classes already match: shrink_head.py says so and writes no copy
+        shrunk = stage1_run / "checkpoint_best_total.pth"
 
     head = Path(args.mask_head_weights)
     if head.is_file() and not args.from_scratch:

@@ -33,6 +33,7 @@ from rfdetr.checkpoint import (
     load_checkpoint_file,
     load_into,
 )
+from rfdetr.checkpoint.files import state_sha256
 from rfdetr.checkpoint.huggingface import save_model_as_transformers
 from rfdetr.checkpoint.loading import attach_mask_head, model_config_for_checkpoint, resolve_class_names, split_stage2
 from rfdetr.checkpoint.weights import PRESET_WEIGHTS, resolve_weights
@@ -55,7 +56,7 @@ from rfdetr.deploy.runtime.processing import (  # noqa: F401 - _to_chw01 and Ima
 from rfdetr.deploy.runtime.runner import ExportedModel
 from rfdetr.deploy.runtime.timing import StageTimer, timed
 from rfdetr.models import PostProcess, build_model
-from rfdetr.models.mask_head import MaskHeadConfig
+from rfdetr.models.mask_head import MaskHead, MaskHeadConfig, MaskHeadNano
 from rfdetr.models.segmenter import Segmenter
 
 __all__ = [
@@ -69,6 +70,28 @@ logger = logging.getLogger(__name__)
 # COCO's 91 label slots indexed by category id (the official checkpoints' logit index), "N/A" where COCO has none.
 COCO_CLASS_NAMES: tuple[str, ...] = COCO_CLASSES
 
+
+
+def _with_frozen_detector(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A stage-2 run's ``checkpoint.pth`` (its resume state) holds the mask head only and names its frozen detector's
+    file and hash: the complete model is that detector plus this head. Other checkpoints come back as they are.
+
+    Raises:
+        CheckpointError: the detector file is gone or holds other weights than the run trained with.
+    """
+    ref = ckpt.get("detector_source")
+    if not isinstance(ref, dict):
+        return ckpt
+    source, best = Path(str(ref.get("path"))), path.with_name("checkpoint_best_total.pth")
+    if not source.is_file():
+        raise CheckpointError(f"{path} holds a stage-2 run's mask head only, and its frozen detector {source} no "
+                              f"longer exists: load {best} (a complete model) or restore {source}")
+    detector = {k: v for k, v in extract_state_dict(load_checkpoint_file(source)).items()
+                if not k.startswith((MaskHead.key_prefix, MaskHeadNano.key_prefix))}
+    if state_sha256(detector) != ref.get("sha256"):
+        raise CheckpointError(f"{path} holds a stage-2 run's mask head only, and its frozen detector {source} has "
+                              f"changed since that run: load {best} (a complete model)")
+    return {**ckpt, "model": {**detector, **ckpt["model"]}}
 
 class RFDETR:
     """An RF-DETR model ready for inference: weights, class names and pre/post-processing.
@@ -117,7 +140,7 @@ class RFDETR:
             if pretrain_weights is None or pretrain_weights is True:
                 pretrain_weights = PRESET_WEIGHTS[self.size]
             self.weights_path = Path(resolve_weights(pretrain_weights))
-            ckpt = load_checkpoint_file(self.weights_path)
+            ckpt = _with_frozen_detector(load_checkpoint_file(self.weights_path), self.weights_path)
         self._setup(ckpt, num_classes, class_names, resolution, device, masks)
 
     @classmethod
@@ -128,7 +151,7 @@ class RFDETR:
         on a preset class, that class is used. ``kwargs`` are the constructor's (except ``pretrain_weights``).
         """
         weights = Path(resolve_weights(path))
-        ckpt = load_checkpoint_file(weights)
+        ckpt = _with_frozen_detector(load_checkpoint_file(weights), weights)
         target = cls
         if cls.size is None:
             detector_state, _, _ = split_stage2(ckpt, extract_state_dict(ckpt))

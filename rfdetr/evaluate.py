@@ -1,6 +1,6 @@
 """COCO mAP of a checkpoint or of any exported file: ``python -m rfdetr.evaluate --weights W --dataset D``.
 
-    python -m rfdetr.evaluate --weights runs/seg_stage2_nano_384_1/checkpoint_best_total.pth --dataset data/
+    python -m rfdetr.evaluate --weights runs/segmentation_nano_384_1/checkpoint_best_total.pth --dataset data/
     python -m rfdetr.evaluate --weights exported/inference_model.tflite --dataset data/ --split test
 
 Prints COCO's bbox (and, for models with masks, segm) summary with per-class APs and writes the same numbers as JSON
@@ -18,12 +18,12 @@ from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
 from rfdetr.deploy.runtime.evaluate import evaluate_predictor
 from rfdetr.predict import load_predictor
-from rfdetr.util.cli import run_command
+from rfdetr.util.cli import HelpFormatter, run_command
 from rfdetr.util.run_dir import write_json_atomic
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--weights", required=True,
                         help="checkpoint, official weight name, or an exported file (.onnx, .tflite, .xml, .pte)")
     parser.add_argument("--dataset", required=True, help="Roboflow COCO export: train/, valid/, [test/]")

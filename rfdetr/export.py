@@ -19,11 +19,11 @@ from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
 from rfdetr.deploy.export.formats import DEFAULT_INT8_IO, EXPORT_FORMATS, INT8_IO, get_format
 from rfdetr.deploy.export.formats.onnx import MAX_OPSET, MIN_OPSET
-from rfdetr.util.cli import run_command
+from rfdetr.util.cli import HelpFormatter, run_command
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--weights",
         required=True,

@@ -29,7 +29,7 @@ from rfdetr.deploy.export.formats import FORMATS
 from rfdetr.deploy.media.predict import Predictor, predict_images
 from rfdetr.deploy.media.sources import collect_sources
 from rfdetr.deploy.runtime.runner import load
-from rfdetr.util.cli import run_command
+from rfdetr.util.cli import HelpFormatter, run_command
 
 EXPORTED_SUFFIXES = {f.suffix for f in FORMATS.values()}
 
@@ -51,7 +51,7 @@ def load_predictor(
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--weights", required=True,
                         help="checkpoint, official weight name, or an exported file (.onnx, .tflite, .xml, .pte)")
     parser.add_argument("--source", required=True,

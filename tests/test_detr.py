@@ -247,3 +247,26 @@ def test_optimized_forward_chunks_and_pads(nano: RFDETRNano) -> None:
     assert out["pred_boxes"].shape == (3, 5, 4) and out["pred_logits"].shape == (3, 5, 7)
     assert out["pred_boxes"][:, 0, 0].tolist() == [0.0, 1.0, 2.0]
     assert out["pred_logits"][:, 0, 0].tolist() == [0.0, 2.0, 4.0]
+
+
+def test_offline_preset_raises_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #23 point 6: ``RFDETRNano()`` without its weights and offline raises one exception whose message is the
+    line the scripts print, with no chained urllib internals (it printed a ~60-line chained traceback)."""
+    import socket
+    import traceback
+
+    from rfdetr.checkpoint import weights
+
+    with socket.socket() as s:  # a port nobody listens on: the download is refused at once, no network needed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RF_HOME", str(tmp_path / "cache"))
+    monkeypatch.setitem(weights.OFFICIAL_WEIGHTS, "rf-detr-nano.pth",
+                        weights.WeightFile(f"http://127.0.0.1:{port}/rf-detr-nano.pth", "0" * 32))
+    with pytest.raises(weights.WeightsDownloadError) as info:
+        RFDETRNano()
+    err = info.value
+    assert len(str(err).splitlines()) == 1 and "Download it by hand from" in str(err)
+    assert err.__cause__ is None and err.__suppress_context__
+    text = "".join(traceback.format_exception(err))
+    assert "During handling" not in text and "direct cause" not in text and "urllib" not in text

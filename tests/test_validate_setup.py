@@ -153,3 +153,31 @@ def test_many_problems_of_one_kind_are_capped(copy: Path, capsys: pytest.Capture
     assert len([ln for ln in fail_lines(out) if "category_id 99" in ln]) == 5
     n = len(json.loads((copy / "train" / ANNOTATION_FILE).read_text())["annotations"])
     assert f"and {n - 5} more 'unknown category id' problems not shown ({n} in all)" in out
+
+
+def test_validator_counts_the_boxes_training_clips(copy: Path, capsys: pytest.CaptureFixture,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Issue #23 point 10: one clipping rule for validate_setup.py and training, and the count in the summary (the
+    validator said PASS while training warned '15 boxes clipped to the image')."""
+    from rfdetr.data.coco import CocoDetection
+
+    def overshoot(data: dict) -> None:
+        width = {im["id"]: im["width"] for im in data["images"]}
+        for ann in data["annotations"][:3]:  # the right side 0.3 px past the image: rounding, not an error
+            x, y, w, h = ann["bbox"]
+            ann["bbox"] = [x, y, width[ann["image_id"]] - x + 0.3, h]
+        data["annotations"][3]["bbox"][0] = -0.2  # the left side
+
+    edit_json(copy, "train", overshoot)
+    code, out = run(copy, capsys)
+    assert code == 0, out
+    with caplog.at_level("INFO", logger="rfdetr.data.coco"):
+        trained = CocoDetection(copy, "train").stats["boxes clipped to the image"]
+    assert trained == 4
+    # rounding-size clipping is routine on both sides: INFO in training too, no warning
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    assert "4 boxes clipped to the image (rounding" in caplog.text
+    assert f"boxes clipped to the image: {trained})" in out
+    assert any(ln.startswith("INFO") and "[train] 4 boxes poke out" in ln and "training clips them" in ln
+               for ln in out.splitlines()), out
+    assert "boxes clipped to the image: 0)" in out  # valid is untouched

@@ -13,6 +13,7 @@ Pure functions over plain dicts and tensors; no nn.Module is built here. Support
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -112,6 +113,7 @@ def load_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint path is not a file: {path}")
+    check_torch_file(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -123,14 +125,34 @@ def load_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "only tensors, containers, primitives and argparse.Namespace are accepted. Re-save the checkpoint "
                 "with plain types (e.g. `torch.save({'model': model.state_dict()}, path)`)."
             ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (unpickling failed: {_first_line(err)})") from None
-    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as err:
+        # torch's own message advises weights_only=False, which is unsafe and never what a user needs here.
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: its pickled data holds something other than "
+                              "tensors and containers") from None
+    except (RuntimeError, EOFError, KeyError, IndexError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(err)}"
         ) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict checkpoint or a state dict")
     return dict(obj)
+
+
+# How a torch.save file starts: a zip archive (the default since PyTorch 1.6) or a pickle (the legacy format).
+_TORCH_HEADERS: tuple[bytes, ...] = (b"PK\x03\x04", b"\x80")
+
+
+def check_torch_file(path: str | os.PathLike[str]) -> None:
+    """Cheaply check that ``path`` looks like a ``torch.save`` file (its first bytes only).
+
+    Raises:
+        CheckpointError: one line saying what the file is not, instead of an unpickler error (a text, JSON or image
+            file given as a checkpoint).
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(_TORCH_HEADERS):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (a torch.save file is a zip archive or a pickle; "
+                              f"this one starts with {head!r}): pass a .pth file, e.g. a run's checkpoint.pth")
 
 
 def _first_line(err: BaseException) -> str:
@@ -296,3 +318,15 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
     with atomic_path(path, durable=True) as tmp, open(tmp, "xb") as f:
         torch.save(dict(obj), f)
     return Path(path)
+
+
+def state_sha256(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values (key order ignored): the identity of a set of
+    weights however its file was saved or named (a stage-2 run records its frozen detector's)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -5,7 +5,7 @@ the same network under other key names, with the decoder's packed self-attention
 
 * :func:`read_transformers_checkpoint` turns such a folder (or its ``model.safetensors`` with ``config.json`` beside
   it) into a checkpoint dict of ours (:func:`~rfdetr.checkpoint.files.make_checkpoint`), so every loader that goes
-  through :func:`~rfdetr.checkpoint.files.load_checkpoint_file` accepts it. Needs ``safetensors`` and JSON only,
+  through :func:`~rfdetr.checkpoint.reader.load_checkpoint_file` accepts it. Needs ``safetensors`` and JSON only,
   never transformers.
 * :func:`save_transformers_folder` writes a checkpoint of ours as a folder ``transformers.AutoModelForObjectDetection``
   (or ``AutoModelForInstanceSegmentation``) loads with no missing keys, plus ``preprocessor_config.json``.
@@ -604,7 +604,7 @@ def save_transformers_folder(ckpt: Mapping[str, Any], output_dir: str | os.PathL
     checkpoints with the full MaskHead (rfdetr's segmentation head) ``RfDetrForInstanceSegmentation``.
 
     Args:
-        ckpt: a checkpoint dict of ours (:func:`~rfdetr.checkpoint.files.load_checkpoint_file`).
+        ckpt: a checkpoint dict of ours (:func:`~rfdetr.checkpoint.reader.load_checkpoint_file`).
         output_dir: the folder (created).
         class_names: names per logit for ``id2label`` (default: the checkpoint's; ``class_{i}`` where it has none).
 

@@ -226,6 +226,17 @@ def shrink_checkpoint(ckpt: dict[str, Any], rows: Sequence[int], class_names: li
     return out, changes
 
 
+def unchanged_by_shrink(ckpt: Mapping[str, Any], rows: Sequence[int], class_names: Sequence[str], spare_row: int,
+                        rows_total: int) -> bool:
+    """Whether :func:`shrink_checkpoint` would return ``ckpt`` as it is: every row kept in place, the spare row last,
+    the same class names, and no training state to drop."""
+    from rfdetr.checkpoint import checkpoint_class_names
+
+    return (list(rows) + [spare_row] == list(range(rows_total))
+            and list(checkpoint_class_names(ckpt) or []) == list(class_names)
+            and not any(entry in ckpt for entry in TRAINING_STATE_ENTRIES))
+
+
 def strip_checkpoint(ckpt: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Remove every class-dependent tensor and all optimizer / scheduler / EMA state.
 
@@ -304,6 +315,11 @@ def shrink_head_file(in_path: str | Path, out_path: str | Path, keep: Sequence[s
     if dataset is not None:
         keep = dataset_class_names(dataset)
     rows, names = rows_to_keep(layout, keep, keep_ids, rows_total)
+    if unchanged_by_shrink(ckpt, rows, names, layout.spare_row, rows_total):
+        # Writing the input again under another name would only double the disk use (120 MB for nano).
+        return [f"{in_path}: nothing to change: it already has exactly these {len(rows)} classes, in this order "
+                f"({', '.join(names)}), and no training state; {out_path} not written. Use {in_path} itself "
+                f"(e.g. train_seg_stage2.py --checkpoint {in_path})"]
     out, changes = shrink_checkpoint(ckpt, rows, names, layout.spare_row)
     lines = [f"{in_path}: {rows_total} head rows, classes from {layout.source}",
              f"keep {len(rows)} classes: " + ", ".join(f"{n} (row {r})" for n, r in zip(names, rows, strict=True)),

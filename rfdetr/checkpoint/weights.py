@@ -151,12 +151,12 @@ def download(
             except urllib.error.HTTPError as err:
                 raise WeightsDownloadError(
                     f"downloading {url} failed: HTTP {err.code} {err.reason}. {_manual_hint(url, dest)}"
-                ) from err
+                ) from None  # the message says it all; urllib's chained internals are noise to a user
             except (urllib.error.URLError, OSError) as err:  # refused, DNS, timeout, reset ...
                 reason = getattr(err, "reason", err)
                 raise WeightsDownloadError(
                     f"downloading {url} failed: {reason}. {_manual_hint(url, dest)}"
-                ) from err
+                ) from None
         got = digest.hexdigest()
         if md5 is not None and got.lower() != md5.lower():
             raise WeightsDownloadError(

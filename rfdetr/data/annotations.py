@@ -26,6 +26,9 @@ from rfdetr.data.masks import mask_kind
 from rfdetr.data.synthetic import ANNOTATION_FILE
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+# Boxes may poke out of their image by rounding noise (Roboflow writes 3 decimals): clipping those is routine (an
+# INFO line); more than this is a data error (validate_setup.py fails it, training warns).
+BBOX_TOLERANCE_PX = 1.0
 # The supercategory Roboflow gives its synthetic project-level category.
 PLACEHOLDER_SUPERCATEGORY = "none"
 
@@ -77,6 +80,20 @@ def resolve_categories(data: dict[str, Any], root: str | Path | None = None) -> 
                 used |= _used_category_ids(load_coco_json(path))
     categories = sorted(data["categories"], key=lambda c: c["id"])
     return [c for c in categories if c.get("supercategory") != PLACEHOLDER_SUPERCATEGORY or c["id"] in used]
+
+
+def clip_box(bbox: list[float], width: int, height: int) -> tuple[list[float], float]:
+    """The rule training and ``validate_setup.py`` share: a COCO ``[x, y, w, h]`` box clipped to the image.
+
+    Returns:
+        (``[x0, y0, x1, y1]`` clipped to ``[0, width] x [0, height]``, the largest overshoot in pixels: 0 when the box
+        lies inside the image, else how far its farthest side was moved).
+    """
+    x, y, w, h = bbox
+    raw = [x, y, x + w, y + h]
+    box = [min(max(raw[0], 0.0), width), min(max(raw[1], 0.0), height),
+           min(max(raw[2], 0.0), width), min(max(raw[3], 0.0), height)]
+    return box, max(abs(a - b) for a, b in zip(raw, box, strict=True))
 
 
 @dataclass
@@ -140,11 +157,11 @@ class _SplitReader:
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
                 and all(math.isfinite(v) for v in bbox)):
             raise ValueError(self.where(f"annotation id {ann_id}: bbox {bbox!r} is not [x, y, width, height]"))
-        x, y, w, h = bbox
-        box = [min(max(x, 0.0), image["width"]), min(max(y, 0.0), image["height"]),
-               min(max(x + w, 0.0), image["width"]), min(max(y + h, 0.0), image["height"])]
-        if box != [x, y, x + w, y + h]:
+        box, overshoot = clip_box(bbox, image["width"], image["height"])
+        if overshoot > 0:
             self.stats["boxes clipped to the image"] += 1
+            if overshoot > BBOX_TOLERANCE_PX:
+                self.stats[f"boxes more than {BBOX_TOLERANCE_PX:g} px outside the image"] += 1
         if box[2] <= box[0] or box[3] <= box[1]:
             self.stats["zero-area boxes dropped"] += 1
             return

@@ -23,6 +23,7 @@ Target dict of one sample (the project convention, style guide 3.4), after the t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,15 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 
-from rfdetr.data.annotations import ImageRecord, annotation_path, load_coco_json, read_split, resolve_categories
-from rfdetr.data.image_io import read_rgb
+from rfdetr.data.annotations import (
+    BBOX_TOLERANCE_PX,
+    ImageRecord,
+    annotation_path,
+    load_coco_json,
+    read_split,
+    resolve_categories,
+)
+from rfdetr.data.image_io import UnreadableImageError, check_image, read_rgb
 from rfdetr.data.masks import decode_mask
 
 logger = logging.getLogger(__name__)
@@ -59,6 +67,9 @@ class CocoDetection(Dataset):
             nothing for the mask head to learn); the number skipped is logged.
         keep_crowd: keep ``iscrowd=1`` annotations in the targets. Off by default: crowd regions are neither
             positives nor ignore regions in training (they stay in the evaluation ground truth).
+        substitute_unreadable: an image that cannot be decoded when a sample is drawn (broken after the up-front
+            :func:`require_readable_images`) is replaced by the next readable one, with a warning naming it, instead
+            of stopping the run (training splits; an evaluation split must keep every image).
 
     Raises:
         FileNotFoundError / ValueError: missing or malformed annotation file, missing image files, annotations that
@@ -66,8 +77,10 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, root: str | Path, split: str, transforms: Transforms | None = None, masks: bool = False,
-                 skip_images_without_masks: bool = False, keep_crowd: bool = False) -> None:
+                 skip_images_without_masks: bool = False, keep_crowd: bool = False,
+                 substitute_unreadable: bool = False) -> None:
         self.root, self.split = Path(root), split
+        self.substitute_unreadable = substitute_unreadable
         self.annotation_file = annotation_path(root, split)
         self.transforms = transforms
         self.masks = masks
@@ -89,12 +102,19 @@ class CocoDetection(Dataset):
         return f"{self.annotation_file}: {what}"
 
     def _log_stats(self) -> None:
-        problems = {k: v for k, v in self.stats.items() if v and k != "crowd annotations left out"}
+        # Boxes clipped by rounding only (as validate_setup.py counts them) are routine: an INFO line, not a warning.
+        routine = ["crowd annotations left out"]
+        if not any(k.startswith("boxes more than") for k in self.stats):
+            routine.append("boxes clipped to the image")
+        problems = {k: v for k, v in self.stats.items() if v and k not in routine}
         if problems:
             logger.warning("%s: %s", self.annotation_file, ", ".join(f"{v} {k}" for k, v in problems.items()))
         if self.stats["crowd annotations left out"]:
             logger.info("%s: %d crowd annotations left out of the training targets", self.annotation_file,
                         self.stats["crowd annotations left out"])
+        if "boxes clipped to the image" in routine and self.stats["boxes clipped to the image"]:
+            logger.info("%s: %d boxes clipped to the image (rounding: within %g px)", self.annotation_file,
+                        self.stats["boxes clipped to the image"], BBOX_TOLERANCE_PX)
         logger.info("%s: %d images, %d classes %s", self.annotation_file, len(self.records), len(self.class_names),
                     self.class_names)
 
@@ -142,12 +162,62 @@ class CocoDetection(Dataset):
                                              f"({e})")) from e
         return torch.from_numpy(masks)
 
+    def unreadable(self) -> list[tuple[Path, str]]:
+        """(path, reason) of every image :func:`rfdetr.data.image_io.check_image` finds unreadable."""
+        found = []
+        for rec in self.records:
+            reason = check_image(rec.path)
+            if reason is not None:
+                found.append((rec.path, reason))
+        return found
+
+    def _load_or_substitute(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        for step in range(len(self.records)):
+            try:
+                return self.load_sample((index + step) % len(self.records))
+            except UnreadableImageError as err:
+                if not self.substitute_unreadable:
+                    raise
+                logger.warning("%s; training on the next image in its place (replace the file or remove it from "
+                               "%s)", err, self.annotation_file)
+        raise UnreadableImageError(f"{self.annotation_file}: no image of the split can be read")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(image [3, H, W] float32, target)``; see the module docstring for the target keys."""
-        image, target = self.load_sample(index)
+        image, target = self._load_or_substitute(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return finalize_sample(image, target)
+
+
+class UnreadableImagesError(ValueError):
+    """Images of a dataset cannot be read (one line: the first files, the count and the fix)."""
+
+
+def require_readable_images(*datasets: CocoDetection | None) -> None:
+    """Check every image of ``datasets`` before training starts (and before its run folder exists).
+
+    Raises:
+        UnreadableImagesError: naming the first unreadable files with PIL's reason, the count, and the fix.
+    """
+    start = time.perf_counter()
+    found: list[tuple[Path, str]] = []
+    total = 0
+    for dataset in datasets:
+        if dataset is not None:
+            found += dataset.unreadable()
+            total += len(dataset)
+    logger.info("checked %d images in %.1fs: %d unreadable", total, time.perf_counter() - start, len(found))
+    if found:
+        named = "; ".join(f"{path} ({reason})" for path, reason in found[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        root = next(d for d in datasets if d is not None).root
+        raise UnreadableImagesError(
+            f"{len(found)} of {total} images cannot be read: {named}{more}. Replace "
+            f"{'it' if len(found) == 1 else 'them'} (export again) or remove {'it' if len(found) == 1 else 'them'} "
+            f"and {'its' if len(found) == 1 else 'their'} annotations from the split's _annotations.coco.json; "
+            f"`python validate_setup.py "
+            f"--dataset {root}` lists every problem")
 
 
 def finalize_sample(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

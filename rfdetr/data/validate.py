@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from rfdetr.data.annotations import BBOX_TOLERANCE_PX, clip_box
 from rfdetr.data.image_io import IMAGE_ERRORS, oriented_size
 from rfdetr.data.masks import decode_mask, mask_kind
 from rfdetr.data.synthetic import ANNOTATION_FILE
@@ -21,8 +22,6 @@ from rfdetr.util.checklist import Checklist
 
 REQUIRED_SPLITS: tuple[str, ...] = ("train", "valid")
 OPTIONAL_SPLITS: tuple[str, ...] = ("test",)
-# Boxes may poke out of the image by rounding noise (Roboflow writes 3 decimals); more than this is an error.
-BBOX_TOLERANCE_PX = 1.0
 
 
 @dataclass
@@ -33,6 +32,10 @@ class SplitSummary:
     annotations: int = 0
     images_without_annotations: int = 0
     crowd: int = 0
+    # Boxes that poke out of their image by at most BBOX_TOLERANCE_PX: training clips them (the same rule,
+    # rfdetr.data.annotations.clip_box) and counts them; the largest such overshoot in pixels.
+    clipped: int = 0
+    max_clip_px: float = 0.0
     per_class: Counter = field(default_factory=Counter)
     mask_kinds: Counter = field(default_factory=Counter)
     sizes: Counter = field(default_factory=Counter)
@@ -161,16 +164,20 @@ class _SplitChecker:
             self.checks.fail(self.where(f"{label}: bbox {bbox!r} is not [x, y, width, height] -> fix the box"),
                              kind="malformed bbox")
             return
-        x, y, w, h = bbox
+        w, h = bbox[2], bbox[3]
         if w <= 0 or h <= 0:
             self.checks.fail(self.where(f"{label}: bbox {bbox} has zero or negative area -> give it a positive width "
                                         "and height or remove the annotation"), kind="zero-area bbox")
             return
-        W, H, tol = image["width"], image["height"], BBOX_TOLERANCE_PX
-        if x < -tol or y < -tol or x + w > W + tol or y + h > H + tol:
-            self.checks.fail(self.where(f"{label}: bbox {bbox} extends outside the {W}x{H} image -> clip it to the "
-                                        "image (0 <= x, 0 <= y, x+w <= width, y+h <= height)"),
+        W, H = image["width"], image["height"]
+        _, overshoot = clip_box(bbox, W, H)
+        if overshoot > BBOX_TOLERANCE_PX:
+            self.checks.fail(self.where(f"{label}: bbox {bbox} extends {overshoot:.2f} px outside the {W}x{H} image "
+                                        "-> clip it to the image (0 <= x, 0 <= y, x+w <= width, y+h <= height)"),
                              kind="bbox outside image")
+        elif overshoot > 0:
+            self.summary.clipped += 1
+            self.summary.max_clip_px = max(self.summary.max_clip_px, overshoot)
 
     def _check_segmentation(self, segmentation: Any, image: dict, label: str) -> None:
         kind = mask_kind(segmentation)
@@ -211,6 +218,10 @@ class _SplitChecker:
         self.check_categories(data["categories"])
         images = self.check_images(data["images"])
         self.check_annotations(data["annotations"], images)
+        if self.summary.clipped:
+            self.checks.info(f"[{self.split}] {self.summary.clipped} boxes poke out of their image by at most "
+                             f"{self.summary.max_clip_px:.2f} px (rounding): training clips them to the image and "
+                             "counts them ('boxes clipped to the image')")
         ann_ids = [a.get("id") for a in data["annotations"] if isinstance(a, dict)]
         if 0 in ann_ids:
             self.checks.info(f"[{self.split}] annotation ids start at 0; evaluation renumbers them from 1 "
@@ -243,7 +254,7 @@ def _report_summary(checkers: list[_SplitChecker], checks: Checklist) -> None:
         if len(s.sizes) > 5:
             sizes += f", ... {len(s.sizes)} sizes in all"
         print(f"  {c.split:6s} images {s.images:5d} (without annotations: {s.images_without_annotations})  "
-              f"annotations {s.annotations:6d} (crowd: {s.crowd})")
+              f"annotations {s.annotations:6d} (crowd: {s.crowd}, boxes clipped to the image: {s.clipped})")
         print(f"         per class: {dict(sorted(s.per_class.items()))}")
         print(f"         masks: {dict(s.mask_kinds)}")
         print(f"         image sizes: {sizes}")

@@ -191,6 +191,7 @@ def add_dataclass_arguments(
     overrides: Mapping[str, Any] | object | None = None,
     skip: Iterable[str] = (),
     group: str | None = None,
+    hide: Iterable[str] = (),
 ) -> argparse.ArgumentParser:
     """Add one CLI flag per field of the dataclass ``cls``.
 
@@ -206,14 +207,16 @@ def add_dataclass_arguments(
             instance (e.g. ``SEGMENTATION_LOSS``); unknown names raise ``ValueError``.
         skip: fields the script does not expose (it passes them to :func:`dataclass_from_args` instead).
         group: title of an argument group to put the flags in (``None``: directly on ``parser``).
+        hide: fields whose flags are accepted but left out of ``--help`` (a script they do not apply to, which still
+            takes them so shared command lines keep working).
 
     Returns:
         ``parser``, for chaining.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     defaults = _defaults_of(overrides)
-    skipped = set(skip)
-    unknown = (set(defaults) | skipped) - set(fields)
+    skipped, hidden = set(skip), set(hide)
+    unknown = (set(defaults) | skipped | hidden) - set(fields)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
     hints = typing.get_type_hints(cls)
@@ -223,14 +226,18 @@ def add_dataclass_arguments(
             continue
         default = defaults.get(name, f.default)
         tp = _unwrap_optional(hints[name])
-        help_text = f.metadata.get("help", "").replace("%", "%%") + f" (default: {default})"
+        help_text = f.metadata.get("help", "").replace("%", "%%")
+        if "(default:" not in help_text:  # a help that explains its default itself keeps only that explanation
+            help_text += f" (default: {default})"
+        if name in hidden:
+            help_text = argparse.SUPPRESS
         flags = _flag_spellings(name, f.metadata.get("aliases", ()))
         if tp is bool:
             target.add_argument(*flags, dest=name, nargs="?", const=True, default=default, type=parse_bool,
                                 metavar="BOOL", help=help_text)
             negated = _flag_spellings(f"no_{name}")
             target.add_argument(*negated, dest=name, action="store_false", default=argparse.SUPPRESS,
-                                help=f"same as --{name} 0")
+                                help=argparse.SUPPRESS if name in hidden else f"same as --{name} 0")
         elif typing.get_origin(tp) is Literal:
             choices = typing.get_args(tp)
             target.add_argument(*flags, dest=name, type=type(choices[0]), choices=choices, default=default,

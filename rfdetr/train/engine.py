@@ -117,6 +117,7 @@ def train_one_epoch(
     forward: Callable[[nn.Module, torch.Tensor, Targets], dict[str, Any]] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    desc: str | None = None,
 ) -> tuple[dict[str, float], int]:
     """Train for one pass over ``loader``.
 
@@ -136,6 +137,7 @@ def train_one_epoch(
         ema: updated after every optimizer step.
         on_step: called with (global_step, logged values) after each optimizer step (rank 0 logging).
         progress: show a tqdm bar on the main process.
+        desc: the bar's label (default ``epoch {epoch}``; :func:`rfdetr.train.fit.fit` gives ``epoch 3/50``).
 
     Returns:
         (epoch means of the loss terms, ``lr`` and ``skipped_steps``; the new global step).
@@ -149,7 +151,7 @@ def train_one_epoch(
     averages = _Averages()
     accum = settings.grad_accum_steps
     steps_in_epoch = len(loader) // accum if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    bar = tqdm(total=steps_in_epoch, desc=f"epoch {epoch}", disable=not (progress and is_main_process()),
+    bar = tqdm(total=steps_in_epoch, desc=desc or f"epoch {epoch}", disable=not (progress and is_main_process()),
                dynamic_ncols=True, leave=False, mininterval=_progress_interval())
     skipped = consecutive_bad = 0
     micro: list[tuple[torch.Tensor, Targets]] = []

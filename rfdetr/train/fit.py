@@ -11,9 +11,10 @@ Files in the run folder::
     log.jsonl                   one JSON line per epoch (val_* entries on evaluated epochs only, see --eval_interval)
     tb/                         TensorBoard events (losses, learning rates, mAP, validation pictures)
     checkpoint.pth              last state, for --resume: weights, optimizer, schedule, EMA, RNG, best metrics
+                                (stage 2: the mask head only, and the frozen detector's source file and hash)
     checkpoint_best_regular.pth best regular weights (weights, args, class names only)
     checkpoint_best_ema.pth     best EMA weights
-    checkpoint_best_total.pth   the better of the two, written at the end
+    checkpoint_best_total.pth   the better of the two, written at the end (a hard link to it: no second copy)
     results.json                final metrics (valid, and test when the split exists)
 """
 
@@ -45,12 +46,50 @@ from rfdetr.train.report import EpochReport
 from rfdetr.util.distributed import DistInfo, barrier, broadcast_object
 from rfdetr.util.early_stopping import EarlyStopping, select_metric
 from rfdetr.util.loggers import JsonlLogger, RunLogger
-from rfdetr.util.run_dir import create_run_dir, write_config, write_json_atomic
+from rfdetr.util.run_dir import create_run_dir, link_or_copy, write_config, write_json_atomic
 from rfdetr.util.seeding import rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[nn.Module, torch.Tensor, list], dict[str, Any]]
+# A best AP50:95 below this at the end of a run means the model has learned next to nothing: the run says why that
+# usually happens (1 AP point; a model that learned anything useful scores far above it).
+NEAR_ZERO_AP = 0.01
+
+
+def format_duration(seconds: float) -> str:
+    """``3725.0`` -> ``1h02m``, ``95.0`` -> ``1m35s``, ``7.2`` -> ``7s``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def near_zero_hint(best_ap: float, iou_type: str, config: dict[str, Any], epochs_run: int) -> str | None:
+    """One line naming the likely causes when a finished run's best AP50:95 is near zero, else None.
+
+    Args:
+        best_ap: the better of the regular and EMA best AP50:95 (-1 when never evaluated).
+        iou_type: ``bbox`` or ``segm``.
+        config: the run's config (``args`` holds its flags: ``pretrained``, ``epochs``).
+        epochs_run: epochs trained in all (resumes included).
+    """
+    if best_ap < 0 or best_ap >= NEAR_ZERO_AP:
+        return None
+    args = config.get("args", {})
+    causes = []
+    pretrained = args.get("pretrained")
+    if isinstance(pretrained, str) and pretrained.lower() == "none":
+        causes.append("no pretrained start (--pretrained none: a detector from random weights needs hundreds of "
+                      "epochs; drop the flag to start from the official COCO weights)")
+    causes.append(f"too few epochs ({epochs_run}; a few dozen from pretrained weights is typical)")
+    if config.get("stage") == "seg_stage2" or "detector_checkpoint" in config:
+        causes.append("a stage-1 detector that finds nothing (check its own AP in its results.json)")
+    causes.append("a learning rate too high or too low (--lr)")
+    return (f"the best {iou_type} AP50:95 is {best_ap:.4f}, near zero: the model has learned next to nothing and "
+            f"will predict few or no objects. Likely causes: {'; '.join(causes)}")
 
 
 @dataclass
@@ -75,6 +114,10 @@ class TrainingJob:
         checkpoint_extra: more top-level entries for every checkpoint (e.g. the mask-head config).
         category_ids: the dataset's category id of each class (recorded as ``category_ids``, so that predictions can
             use the dataset's ids; :func:`rfdetr.checkpoint.checkpoint_category_ids`).
+        resume_state_dict: what goes under ``model`` in ``checkpoint.pth`` only (default: ``state_dict``); stage 2
+            stores the mask head alone there, since its frozen detector is known from its source checkpoint.
+        load_resume_state_dict: the inverse, for resume (default: ``load_state_dict``).
+        resume_extra: more top-level entries for ``checkpoint.pth`` only (stage 2: where its detector came from).
         use_ema: keep an EMA of the trainable weights (overrides ``TrainConfig.use_ema`` when not None).
     """
 
@@ -96,6 +139,9 @@ class TrainingJob:
     load_state_dict: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
     category_ids: list[int] | None = None
+    resume_state_dict: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
+    load_resume_state_dict: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
+    resume_extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +174,7 @@ class _Fit:
         self.job, self.cfg, self.optim_cfg, self.dist = job, train_cfg, optim_cfg, dist_info
         self.device = dist_info.device
         self.resume_ckpt = load_checkpoint_file(train_cfg.resume) if train_cfg.resume else None
+        self._check_unfinished()
         self.run_dir = self._make_run_dir()
         self.model = job.model.to(self.device)
         self.autocast_dtype = pick_autocast_dtype(self.device, train_cfg.amp, train_cfg.amp_dtype)
@@ -165,6 +212,17 @@ class _Fit:
 
     # ------------------------------------------------------------------------------------------ setup and resume
 
+    def _check_unfinished(self) -> None:
+        """Resuming a run that already trained its epochs says so (it used to warn, then rewrite its best files)."""
+        if self.resume_ckpt is None or "epoch" not in self.resume_ckpt:
+            return
+        done = int(self.resume_ckpt["epoch"]) + 1
+        if done >= self.cfg.epochs:
+            best = Path(self.cfg.resume).parent / "checkpoint_best_total.pth"
+            raise ValueError(f"--resume {self.cfg.resume}: this run already finished ({done} of {self.cfg.epochs} "
+                             f"epochs). To train it further pass a larger --epochs (e.g. --epochs {2 * done}) with "
+                             f"--resume; its weights are in {best}")
+
     def _make_run_dir(self) -> Path:
         if self.resume_ckpt is not None:
             # A resumed run continues in the folder of its checkpoint, so its logs and best files stay together.
@@ -183,7 +241,10 @@ class _Fit:
         return run_dir
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        _load_weights(self.job, self.model, ckpt["model"])
+        if self.job.load_resume_state_dict is not None:
+            self.job.load_resume_state_dict(self.model, ckpt["model"])
+        else:
+            _load_weights(self.job, self.model, ckpt["model"])
         for key, target in (("optimizer", self.optimizer), ("lr_scheduler", self.scheduler)):
             if key not in ckpt:
                 raise ValueError(f"{self.cfg.resume} has no '{key}': it is a weights-only file. Resume from the run's "
@@ -228,7 +289,9 @@ class _Fit:
             extra["ema_updates"] = self.ema.updates
         if self.scaler is not None and self.scaler.is_enabled():
             extra["scaler"] = self.scaler.state_dict()
-        save_checkpoint(self._weights_file(_weights(self.job, self.model), epoch, **extra),
+        weights = (self.job.resume_state_dict(self.model) if self.job.resume_state_dict is not None
+                   else _weights(self.job, self.model))
+        save_checkpoint(self._weights_file(weights, epoch, **extra, **self.job.resume_extra),
                         self.run_dir / "checkpoint.pth")
         if (epoch + 1) % self.cfg.checkpoint_interval == 0:
             save_checkpoint(self._weights_file(_weights(self.job, self.model), epoch),
@@ -272,7 +335,7 @@ class _Fit:
         train_stats, self.global_step = train_one_epoch(
             self.train_model, self.job.criterion, self.train_loader, self.optimizer, self.scheduler, self.device,
             epoch, settings, global_step=self.global_step, scaler=self.scaler, ema=self.ema, forward=self.job.forward,
-            on_step=on_step)
+            on_step=on_step, desc=f"epoch {epoch + 1}/{self.cfg.epochs}")
         metrics: dict[str, Any] = {}
         ema_metrics: dict[str, Any] | None = None
         stop = False
@@ -310,13 +373,12 @@ class _Fit:
         use_ema = self.best["ema"] > self.best["regular"]  # strict: ties go to the regular weights, as upstream
         source = self.run_dir / ("checkpoint_best_ema.pth" if use_ema else "checkpoint_best_regular.pth")
         if source.exists():
-            best = load_checkpoint_file(source)
-            keep = ("model", "args", "model_name", "model_config", "class_names", "category_ids", "stage", "epoch",
-                    "metric", *self.job.checkpoint_extra)
-            save_checkpoint({k: v for k, v in best.items() if k in keep}, self.run_dir / "checkpoint_best_total.pth")
+            # The best file holds exactly what checkpoint_best_total.pth must (weights and metadata): the same
+            # bytes under the name users and rfdetr load, stored once (a hard link; a copy where there are none).
+            link_or_copy(source, self.run_dir / "checkpoint_best_total.pth")
             results["best_total_source"] = source.name
             if self.job.test_set is not None and self.cfg.run_test:
-                results["test"] = self._test(best["model"])
+                results["test"] = self._test(load_checkpoint_file(source)["model"])
         write_json_atomic(self.run_dir / "results.json", results)
         return results
 
@@ -337,23 +399,30 @@ class _Fit:
 
     def run(self) -> FitResult:
         epoch = self.start_epoch - 1
+        elapsed = 0.0
         record: dict[str, Any] = {}
         stopped = interrupted = False
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 start = time.perf_counter()
                 record = self._epoch(epoch)
+                seconds = time.perf_counter() - start
+                elapsed += seconds
+                # Time left: the mean epoch so far (evaluations included) times the epochs left; early stopping can
+                # only make it shorter.
+                left = elapsed / (epoch + 1 - self.start_epoch) * (self.cfg.epochs - epoch - 1)
+                timing = f"{seconds:.1f}s, about {format_duration(left)} left" if epoch + 1 < self.cfg.epochs \
+                    else f"{seconds:.1f}s"
                 if record["evaluated"]:
                     ema_map = record.get(f"ema_val_{self.job.iou_type}_mAP")
-                    logger.info("epoch %d: loss %.4f, %s mAP50:95 %.4f (ema %s), best %.4f, %.1fs", epoch,
-                                record.get("train_loss", math.nan), self.job.iou_type,
+                    logger.info("epoch %d/%d: loss %.4f, %s mAP50:95 %.4f (ema %s), best %.4f, %s", epoch + 1,
+                                self.cfg.epochs, record.get("train_loss", math.nan), self.job.iou_type,
                                 record.get(f"val_{self.job.iou_type}_mAP", math.nan),
                                 "-" if ema_map is None else f"{ema_map:.4f}",
-                                max(self.best["regular"], self.best["ema"]), time.perf_counter() - start)
+                                max(self.best["regular"], self.best["ema"]), timing)
                 else:
-                    logger.info("epoch %d: loss %.4f, not evaluated (--eval_interval %d), %.1fs", epoch,
-                                record.get("train_loss", math.nan), self.cfg.eval_interval,
-                                time.perf_counter() - start)
+                    logger.info("epoch %d/%d: loss %.4f, not evaluated (--eval_interval %d), %s", epoch + 1,
+                                self.cfg.epochs, record.get("train_loss", math.nan), self.cfg.eval_interval, timing)
                 if record["stop"]:
                     stopped = True
                     logger.info("early stopping: no AP50:95 gain for %d epochs (patience %d)", self.early.counter,
@@ -364,10 +433,12 @@ class _Fit:
             interrupted = True
             logger.warning("interrupted: saving %s/checkpoint.pth before stopping", self.run_dir)
             self._save_last(epoch)
-        if self.start_epoch >= self.cfg.epochs:
-            logger.warning("nothing to train: the checkpoint already finished epoch %d of %d", self.start_epoch - 1,
-                           self.cfg.epochs)
         results = {} if interrupted else self._finish()
+        if not interrupted and self.dist.is_main:
+            hint = near_zero_hint(max(self.best["regular"], self.best["ema"]), self.job.iou_type,
+                                  {"stage": self.job.stage, **self.job.config}, epoch + 1)
+            if hint:
+                logger.warning(hint)
         barrier()
         self.run_logger.close()
         return FitResult(self.run_dir, results.get("best", dict(self.best)), epoch - self.start_epoch + 1, stopped,

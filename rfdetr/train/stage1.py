@@ -15,7 +15,7 @@ from torch import nn
 
 from rfdetr.checkpoint import extract_state_dict, load_checkpoint_file
 from rfdetr.config import ModelConfig
-from rfdetr.data.coco import CocoDetection
+from rfdetr.data.coco import CocoDetection, require_readable_images
 from rfdetr.data.coco_eval import CocoEvaluator
 from rfdetr.data.transforms import eval_transforms, multi_scale_sizes, train_transforms
 from rfdetr.losses import build_criterion
@@ -42,18 +42,24 @@ logger = logging.getLogger(__name__)
 
 def build_datasets(root: Path, cfg: ModelConfig, train_cfg: TrainConfig, masks: bool = False
                    ) -> tuple[CocoDetection, CocoDetection, CocoDetection | None]:
-    """Train (augmented), valid and optional test splits for ``cfg``'s resolution."""
+    """Train (augmented), valid and optional test splits for ``cfg``'s resolution.
+
+    Every image is checked first (:func:`rfdetr.data.coco.require_readable_images`), so an unreadable one stops the
+    script with one line before any run folder exists, not a DataLoader worker mid-epoch.
+    """
     transforms = train_transforms(cfg.resolution, multi_scale=train_cfg.multi_scale,
                                   expanded_scales=train_cfg.expanded_scales, divisor=cfg.input_divisor)
     if not train_cfg.augment:
         transforms = eval_transforms(cfg.resolution)
-    train = CocoDetection(root, "train", masks=masks, skip_images_without_masks=masks, transforms=transforms)
+    train = CocoDetection(root, "train", masks=masks, skip_images_without_masks=masks, transforms=transforms,
+                          substitute_unreadable=True)
     valid = CocoDetection(root, "valid", masks=masks, transforms=eval_transforms(cfg.resolution))
     test = None
     if (root / "test" / "_annotations.coco.json").is_file():
         test = CocoDetection(root, "test", masks=masks, transforms=eval_transforms(cfg.resolution))
     if train.class_names != valid.class_names:
         raise ValueError(f"{root}: train classes {train.class_names} differ from valid classes {valid.class_names}")
+    require_readable_images(train, valid, test)
     return train, valid, test
 
 

@@ -41,6 +41,7 @@ from rfdetr.checkpoint import (
     load_checkpoint_file,
     load_into,
 )
+from rfdetr.checkpoint.files import state_sha256
 from rfdetr.checkpoint.weights import resolve_weights
 from rfdetr.config import ModelConfig
 from rfdetr.data.coco import CocoDetection
@@ -74,6 +75,18 @@ logger = logging.getLogger(__name__)
 # - a cosine schedule after one warm-up epoch, for a head that starts from random weights.
 STAGE2_TRAIN_DEFAULTS: dict[str, Any] = {"use_ema": False, "eval_num_select": 100, "eval_interval": 5}
 STAGE2_OPTIM_DEFAULTS: dict[str, Any] = {"lr": 5e-4, "lr_scheduler": "cosine", "warmup_epochs": 1.0}
+# Flags stage 2 accepts (shared command lines keep working) but hides from --help: they set up the detector's own
+# training (its losses, encoder learning rates, EMA of the whole model, encoder freezing), which a frozen detector
+# ignores; the mask head trains at --lr with the mask losses, matched by class and box costs.
+STAGE2_HIDDEN: tuple[str, ...] = (
+    "freeze_encoder", "use_ema", "no_ema", "ema_decay", "ema_tau", "early_stopping_use_ema",
+    "lr_encoder", "lr_vit_layer_decay", "lr_component_decay",
+    "cls_loss_coef", "bbox_loss_coef", "giou_loss_coef", "set_cost_mask_ce", "set_cost_mask_dice", "focal_alpha",
+    "ia_bce_loss", "sum_group_losses",
+)
+# The hidden flags that change nothing in stage 2 (EMA does work, on the whole model, so it is only hidden).
+STAGE2_IGNORED: tuple[str, ...] = tuple(k for k in STAGE2_HIDDEN if k not in ("use_ema", "no_ema", "ema_decay",
+                                                                               "ema_tau", "early_stopping_use_ema"))
 # Looked for, in this order, in --stage1_run when --checkpoint is not given.
 STAGE1_CHECKPOINTS: tuple[str, ...] = (
     "checkpoint_best_total.pth", "checkpoint_best_regular.pth", "checkpoint_best_ema.pth", "checkpoint.pth",
@@ -315,6 +328,41 @@ def check_cache_settings(cache: str | None, train_cfg: TrainConfig) -> None:
                           f"{' '.join(f'--{n} 0' for n in on)} (or drop --cache_features)")
 
 
+def resume_detector_source(resume: Path, ckpt: dict[str, Any]) -> tuple[Path, dict[str, Any], str] | None:
+    """Where a stage-2 ``checkpoint.pth`` (mask head only) says its frozen detector came from, checked by hash.
+
+    Returns:
+        (the detector checkpoint, its content, the detector hash), or None for a full checkpoint (detector included:
+        older runs).
+
+    Raises:
+        Stage2Error: the source file is gone, or its detector is not the one this run trained with.
+    """
+    ref = ckpt.get("detector_source")
+    if not isinstance(ref, dict):
+        return None
+    path = Path(str(ref.get("path")))
+    if not path.is_file():
+        raise Stage2Error(f"--resume {resume}: its frozen detector came from {path}, which no longer exists: restore "
+                          "that file (the run keeps only its mask head in checkpoint.pth), or start a new stage-2 run")
+    source_ckpt = load_checkpoint_file(path)
+    detector_state, _ = split_mask_head(extract_state_dict(source_ckpt))
+    digest = state_sha256(detector_state)
+    if digest != ref.get("sha256"):
+        raise Stage2Error(f"--resume {resume}: the detector in {path} has changed since this run started (sha256 "
+                          f"{digest[:12]}, the run recorded {str(ref.get('sha256'))[:12]}): restore the original file "
+                          "or start a new stage-2 run")
+    return path, source_ckpt, digest
+
+
+def _load_mask_head_only(model: Segmenter, state: dict[str, torch.Tensor]) -> None:
+    """Resume: the mask head from ``checkpoint.pth``'s ``model`` (its other keys, if any, are the detector, which
+    :func:`build_job` already loaded from its source)."""
+    prefix = model.mask_head.key_prefix
+    model.mask_head.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                                    strict=True)
+
+
 def _cache_fingerprint(path: Path, cfg: ModelConfig, root: Path) -> dict[str, Any]:
     stat = path.stat()
     return {"checkpoint": str(path.resolve()), "checkpoint_bytes": stat.st_size,
@@ -351,6 +399,16 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
     source = Path(train_cfg.resume) if train_cfg.resume else find_checkpoint(args.stage1_run, args.checkpoint)
     ckpt = load_checkpoint_file(source)
     detector_state, head_state = split_mask_head(extract_state_dict(ckpt))
+    if not train_cfg.resume and isinstance(ckpt.get("detector_source"), dict):
+        raise Stage2Error(f"{source} is a stage-2 run's resume state (its mask head only): pass --resume {source} to "
+                          f"continue that run, or --checkpoint {source.with_name('checkpoint_best_total.pth')}")
+    resumed = ckpt if train_cfg.resume else None
+    referenced = resume_detector_source(source, ckpt) if resumed is not None else None
+    if referenced is not None:  # a slim checkpoint.pth: the detector comes from its recorded source, verified
+        source, ckpt, digest = referenced
+        detector_state, _ = split_mask_head(extract_state_dict(ckpt))
+    else:
+        digest = state_sha256(detector_state)
     probe = CocoDetection(root, "valid")  # class names and ids without decoding any image
     names = probe.class_names
     check_classes(source, ckpt, detector_state, root, names)
@@ -358,6 +416,8 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
     detector = build_model(cfg)
     load_detector(detector, detector_state, source, args.size)
     head_source, head_ckpt = source, ckpt
+    if referenced is not None and resumed is not None:
+        head_source, head_ckpt = Path(str(train_cfg.resume)), resumed
     weights = getattr(args, "mask_head_weights", None)
     if weights and not train_cfg.resume:  # a resumed run restores its own head
         head_source = Path(weights)
@@ -393,6 +453,10 @@ def build_job(args: argparse.Namespace, train_cfg: TrainConfig, optim_cfg: Optim
         iou_type="segm", run_prefix=f"segmentation_{args.size}_{cfg.resolution}", forward=forward,
         state_dict=lambda m: m.checkpoint_state_dict(), load_state_dict=lambda m, s: m.load_checkpoint_state_dict(s),
         checkpoint_extra={"mask_head": head_cfg.to_dict(), "detector_checkpoint": str(source)},
+        # checkpoint.pth keeps the trained head only: the frozen detector would be its 99.9%, and it is known from
+        # its source file, checked by this hash on resume (best / numbered checkpoints stay complete models).
+        resume_state_dict=lambda m: m.mask_head_state_dict(), load_resume_state_dict=_load_mask_head_only,
+        resume_extra={"detector_source": {"path": str(source.resolve()), "sha256": digest}},
         config=to_jsonable({"args": vars(args), "detector_checkpoint": str(source), "model": cfg.to_dict(),
                             "mask_head": head_cfg.to_dict(), "parameters": counts, "train": train_cfg,
                             "optim": optim_cfg, "loss": loss_cfg, "train_scales": scales,
@@ -417,6 +481,10 @@ def run(args: argparse.Namespace) -> FitResult | dict[str, Any]:
     """Build the stage-2 job from the flags of ``train_seg_stage2.py`` and train it (or evaluate, ``--eval_only``)."""
     train_cfg, optim_cfg, loss_cfg = configs_from_args(args)
     check_cache_settings(args.cache_features, train_cfg)  # before the (slow) model and data setup
+    ignored = [f"--{k}" for k in getattr(args, "_explicit", ()) if k in STAGE2_IGNORED]
+    if ignored:
+        logger.warning("%s: no effect in stage 2 (the detector is frozen; only the mask head trains, at --lr with the "
+                       "mask losses)", ", ".join(ignored))
     dist_info = init_distributed(pick_device(train_cfg.device))
     try:
         seed_everything(train_cfg.seed, dist_info.rank)

@@ -16,6 +16,20 @@ from typing import Any
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, ImportError)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The commands' ``--help``: the description as written, and each option's default after its help.
+
+    Unlike ``argparse.ArgumentDefaultsHelpFormatter``, a default that says nothing (None, False: the option's absence)
+    is not printed, nor one the help text already explains ("... (default: CUDA when available)").
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def setup_logging() -> None:
     """Console logging for the commands (the package itself never configures logging)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

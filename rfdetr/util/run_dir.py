@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,25 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
         json.dump(to_jsonable(data), f, indent=2)
         f.write("\n")
     return Path(path)
+
+
+def link_or_copy(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> bool:
+    """Make ``dest`` hold ``source``'s bytes without storing them twice: a hard link, or a copy where the file system
+    has none. Atomic (:func:`rfdetr.util.atomic.atomic_path`): ``dest`` is whole or absent.
+
+    Safe because checkpoints are never written in place: every writer replaces the file (a new inode), so rewriting
+    one name later leaves the other's content as it was.
+
+    Returns:
+        True for a hard link, False for a copy.
+    """
+    with atomic_path(dest, durable=True) as tmp:
+        try:
+            os.link(source, tmp)
+            return True
+        except OSError:  # no hard links here (some network / FAT file systems), or another device
+            shutil.copyfile(source, tmp)
+            return False
 
 
 def write_config(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> Path:
