@@ -19,6 +19,7 @@ from torch import nn
 from rfdetr.checkpoint import CheckpointError, LoadReport, extract_state_dict, load_checkpoint_file, load_into
 from rfdetr.checkpoint.weights import PRESET_WEIGHTS, WeightsDownloadError, resolve_weights
 from rfdetr.config import MODEL_PRESETS, TINY_CONFIG, ModelConfig, get_preset
+from rfdetr.data.annotations import check_dataset
 from rfdetr.train.config import (
     LossConfig,
     OptimConfig,
@@ -40,7 +41,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, sizes: tuple[str, ..
                            ) -> argparse.ArgumentParser:
     """Flags every training script shares: model size, data, output, and the derived config flags."""
     parser.add_argument("--size", choices=sizes, default=sizes[0], help="model preset ('tiny': CPU tests and demos)")
-    parser.add_argument("--dataset", default="dataset/", help="Roboflow COCO export: train/, valid/, [test/]")
+    parser.add_argument("--dataset", default="dataset/",
+                        help="Roboflow COCO export (train/, valid/, [test/]) or YOLO dataset (data.yaml)")
     parser.add_argument("--output", default=None, help="runs root folder (alias of --output_root)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="square input side (default: the preset's); a multiple of patch size x windows")
@@ -154,10 +156,5 @@ def detection_sizes() -> tuple[str, ...]:
 
 
 def ensure_dataset(root: str | Path) -> Path:
-    """Fail early, with the fix, when the dataset folder is not a Roboflow COCO export."""
-    root = Path(root)
-    missing = [s for s in ("train", "valid") if not (root / s / "_annotations.coco.json").is_file()]
-    if missing:
-        raise FileNotFoundError(f"dataset {root}: no {', '.join(f'{s}/_annotations.coco.json' for s in missing)}. "
-                                "Pass --dataset DIR with a Roboflow 'COCO' export (check it with validate_setup.py)")
-    return root
+    """Fail early, with the fix, when the dataset folder is neither a Roboflow COCO export nor a YOLO dataset."""
+    return check_dataset(root)
