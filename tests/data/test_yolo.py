@@ -3,6 +3,7 @@ equals COCO's, every command that reads a dataset takes one, and each bad input 
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ import train_seg_single_stage
 import train_seg_stage2
 import validate_setup
 from rfdetr import evaluate as evaluate_cli
+from rfdetr import export as export_cli
+from rfdetr.checkpoint import load_checkpoint_file
 from rfdetr.checkpoint.surgery import dataset_class_names
 from rfdetr.data.annotations import check_dataset, dataset_format, split_exists
 from rfdetr.data.coco import CocoDetection
@@ -23,6 +26,7 @@ from rfdetr.data.coco_eval import CocoEvaluator
 from rfdetr.data.synthetic import CLASS_NAMES, SyntheticSpec, write_synthetic_dataset
 from rfdetr.data.yolo import COORD_SLACK, YoloDatasetError, parse_label_text
 from rfdetr.deploy.export.calibration import calibration_arrays, calibration_files
+from rfdetr.deploy.export.report import report_path
 from tests.data.yolo_convert import coco_to_yolo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,7 +182,7 @@ def stage1_run(yolo_det: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_stage1_on_yolo_detection(stage1_run: Path) -> None:
     results = (stage1_run / "results.json").read_text()
     assert (stage1_run / "checkpoint_best_total.pth").is_file() and "test" in results  # the test split was found
-    ckpt = torch.load(stage1_run / "checkpoint_best_total.pth", map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint_file(stage1_run / "checkpoint_best_total.pth")
     assert list(ckpt["category_ids"]) == [0, 1, 2]
 
 
@@ -194,6 +198,13 @@ def test_stage2_and_evaluate_on_yolo_seg(stage1_run: Path, yolo_seg: Path, tmp_p
          "--output", str(result_file), "--size", "tiny", "--device", "cpu", "--no_progress"])
     results = evaluate_cli.run_evaluate(args)
     assert results["images"] == 3 and "segm" in results and 0.0 <= results["segm"]["mAP"] <= 1.0
+    # INT8 export calibrated on the YOLO folder, its report scored on the YOLO valid split.
+    argv = ["--weights", str(run / "checkpoint_best_total.pth"), "--size", "tiny", "--output", str(tmp_path / "x"),
+            "--int8", "--calibration", str(yolo_seg), "--calibration_images", "2", "--dataset", str(yolo_seg),
+            "--split", "val"]
+    assert export_cli.main(export_cli.get_args_parser().parse_args(argv)) == 0
+    report = json.loads(report_path(tmp_path / "x" / "inference_model_int8.onnx").read_text())
+    assert set(report["accuracy"]["exported"]) == {"bbox", "segm"}
     assert not list(yolo_seg.rglob("*.json"))  # nothing was written into the dataset
 
 
