@@ -8,8 +8,6 @@ user can act on it without reading code.
 from __future__ import annotations
 
 import json
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +15,12 @@ from PIL import Image
 
 from rfdetr.data.image_io import IMAGE_ERRORS, oriented_size
 from rfdetr.data.masks import decode_mask, mask_kind
+from rfdetr.data.split_summary import OPTIONAL_SPLITS, REQUIRED_SPLITS, SplitSummary
 from rfdetr.data.synthetic import ANNOTATION_FILE
 from rfdetr.util.checklist import Checklist
 
-REQUIRED_SPLITS: tuple[str, ...] = ("train", "valid")
-OPTIONAL_SPLITS: tuple[str, ...] = ("test",)
 # Boxes may poke out of the image by rounding noise (Roboflow writes 3 decimals); more than this is an error.
 BBOX_TOLERANCE_PX = 1.0
-
-
-@dataclass
-class SplitSummary:
-    """What one split holds, for the final summary."""
-
-    images: int = 0
-    annotations: int = 0
-    images_without_annotations: int = 0
-    crowd: int = 0
-    per_class: Counter = field(default_factory=Counter)
-    mask_kinds: Counter = field(default_factory=Counter)
-    sizes: Counter = field(default_factory=Counter)
 
 
 class _SplitChecker:

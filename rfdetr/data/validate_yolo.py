@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from rfdetr.data.image_io import IMAGE_ERRORS, oriented_size
-from rfdetr.data.validate import OPTIONAL_SPLITS, REQUIRED_SPLITS, SplitSummary
+from rfdetr.data.split_summary import OPTIONAL_SPLITS, REQUIRED_SPLITS, SplitSummary
 from rfdetr.data.yolo import (
     COORD_SLACK,
     YoloConfig,

@@ -1,0 +1,22 @@
+"""What a dataset check reports per split (shared by the COCO and YOLO checkers of ``validate_setup.py``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+REQUIRED_SPLITS: tuple[str, ...] = ("train", "valid")
+OPTIONAL_SPLITS: tuple[str, ...] = ("test",)
+
+
+@dataclass
+class SplitSummary:
+    """What one split holds, for the final summary."""
+
+    images: int = 0
+    annotations: int = 0
+    images_without_annotations: int = 0
+    crowd: int = 0
+    per_class: Counter = field(default_factory=Counter)
+    mask_kinds: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)
