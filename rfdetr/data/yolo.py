@@ -183,13 +183,18 @@ def _entry_dirs(config: YoloConfig, split: str) -> list[Path]:
 def find_split(root: str | Path, split: str, config: YoloConfig | None = None) -> YoloSplit | None:
     """The image and label folders of ``split`` (``val`` = ``valid``), or None if the dataset has no such split.
 
-    ``data.yaml``'s entry for the split wins when it names an existing folder; else ``root/<split>/images`` (Roboflow)
-    and ``root/images/<split>`` (Ultralytics) are tried, with ``val`` and ``valid`` both accepted.
+    ``data.yaml``'s entry for the split wins when it names an existing folder inside ``root``; else
+    ``root/<split>/images`` (Roboflow) and ``root/images/<split>`` (Ultralytics) are tried, with ``val`` and ``valid``
+    both accepted; an entry pointing outside ``root`` comes last.
     """
     root, split = Path(root), canonical_split(split)
-    candidates = _entry_dirs(config, split) if config is not None else []
-    for name in SPLIT_FOLDERS.get(split, (split,)):
-        candidates += [root / name / "images", root / "images" / name]
+    entries = _entry_dirs(config, split) if config is not None else []
+    # Entries inside the dataset first; one outside it (Roboflow's "../train/images" read literally) only when the
+    # folder layout finds nothing, so that a neighbouring dataset's folder is never picked up by accident.
+    inside = [p for p in entries if p.absolute().resolve().is_relative_to(root.absolute().resolve())]
+    candidates = inside + [images for name in SPLIT_FOLDERS.get(split, (split,))
+                           for images in (root / name / "images", root / "images" / name)]
+    candidates += [p for p in entries if p not in inside]
     for images_dir in candidates:
         if images_dir.is_dir():
             return YoloSplit(images_dir, _labels_dir(images_dir))

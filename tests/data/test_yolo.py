@@ -311,3 +311,19 @@ def test_missing_split_is_named(yolo_det: Path, tmp_path: Path) -> None:
         CocoDetection(root, "valid")
     with pytest.raises(FileNotFoundError, match="no valid split"):
         check_dataset(root)
+
+
+def test_data_yaml_entries_and_roboflow_parent_paths(yolo_det: Path, yolo_seg: Path, tmp_path: Path) -> None:
+    # An Ultralytics dataset with its own folder names, found through data.yaml's entries (relative to 'path').
+    root = shutil.copytree(yolo_det, tmp_path / "custom")
+    for kind in ("images", "labels"):
+        (root / kind / "train").rename(root / kind / "train2017")
+    (root / "data.yaml").write_text("path: .\nnames: [circle, square, triangle]\ntrain: images/train2017\n"
+                                    "val: images/val\n")
+    assert len(CocoDetection(root, "train")) == 4
+    # Roboflow's "../train/images" must not pick up a neighbouring folder of the same name.
+    decoy = tmp_path / "train" / "images"
+    decoy.mkdir(parents=True)
+    shutil.copy(next((yolo_seg / "train" / "images").iterdir()), decoy / "decoy.jpg")
+    seg = shutil.copytree(yolo_seg, tmp_path / "seg")
+    assert [r.path.parent for r in CocoDetection(seg, "train").records] == [seg.absolute() / "train" / "images"] * 4
