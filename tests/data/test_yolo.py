@@ -22,7 +22,7 @@ from rfdetr.checkpoint import load_checkpoint_file
 from rfdetr.checkpoint.surgery import dataset_class_names
 from rfdetr.data.annotations import check_dataset, dataset_format, split_exists
 from rfdetr.data.coco import CocoDetection
-from rfdetr.data.coco_eval import CocoEvaluator
+from rfdetr.data.coco_eval import STAT_NAMES, CocoEvaluator
 from rfdetr.data.synthetic import CLASS_NAMES, SyntheticSpec, write_synthetic_dataset
 from rfdetr.data.yolo import COORD_SLACK, YoloDatasetError, parse_label_text
 from rfdetr.deploy.export.calibration import calibration_arrays, calibration_files
@@ -128,8 +128,8 @@ def test_segm_map_from_the_polygons_equals_the_coco_data(coco_root: Path, yolo_s
     predictions = _predictions(coco)
     expected = _evaluate(coco, predictions, ("bbox", "segm"))
     got = _evaluate(CocoDetection(yolo_seg, "train", masks=True), predictions, ("segm",))
-    assert 0.2 < expected["segm"]["mAP"] < 0.95  # neither trivial nor empty: the comparison can fail
-    for key in ("mAP", "mAP50", "mAP75", "per_class_AP", "per_class_AP50"):
+    assert 0.1 < expected["segm"]["mAP"] < 0.95  # neither trivial nor empty: the comparison can fail
+    for key in ("stats", "per_class_AP", "per_class_AP50"):  # all 12 COCO numbers (areas too), and per class
         assert got["segm"][key] == expected["segm"][key], key
     # Box lines: the same boxes, the same bbox mAP.
     boxes = _evaluate(CocoDetection(yolo_det, "train"), predictions, ("bbox",))
@@ -327,3 +327,19 @@ def test_data_yaml_entries_and_roboflow_parent_paths(yolo_det: Path, yolo_seg: P
     shutil.copy(next((yolo_seg / "train" / "images").iterdir()), decoy / "decoy.jpg")
     seg = shutil.copytree(yolo_seg, tmp_path / "seg")
     assert [r.path.parent for r in CocoDetection(seg, "train").records] == [seg.absolute() / "train" / "images"] * 4
+
+
+@pytest.mark.parametrize("layout", ["roboflow", "ultralytics"])
+def test_strawberry_as_yolo_scores_like_its_coco_export(strawberry_dir: Path, tmp_path: Path, layout: str) -> None:
+    """A real Roboflow export (640x640, single-part polygons) rewritten as YOLO-seg: the same segm numbers."""
+    coco = CocoDetection(strawberry_dir, "valid", masks=True)
+    yolo = CocoDetection(coco_to_yolo(strawberry_dir, tmp_path / "y", layout), "valid", masks=True)
+    assert yolo.class_names == coco.class_names and len(yolo) == len(coco)
+    predictions = _predictions(coco)
+    expected, got = _evaluate(coco, predictions, ("segm",)), _evaluate(yolo, predictions, ("segm",))
+    assert 0.1 < expected["segm"]["mAP"] < 0.95
+    # Every number over all sizes; the small/medium/large ones may differ: Roboflow's 'area' is not the polygon's
+    # pixel area, which is what the YOLO reader computes (COCO's definition).
+    overall = [STAT_NAMES.index(k) for k in ("mAP", "mAP50", "mAP75", "AR1", "AR10", "AR_max")]
+    assert [got["segm"]["stats"][i] for i in overall] == [expected["segm"]["stats"][i] for i in overall]
+    assert got["segm"]["per_class_AP"] == expected["segm"]["per_class_AP"]
