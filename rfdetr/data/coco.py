@@ -37,12 +37,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 
-from rfdetr.data.annotations import (
-    ImageRecord,
-    load_split,
-    read_split,
-    resolve_categories,
-)
+from rfdetr.data.annotations import ImageRecord, load_split, read_split, resolve_categories
 from rfdetr.data.image_io import read_rgb
 from rfdetr.data.masks import decode_mask
 
@@ -81,8 +76,7 @@ class CocoDetection(Dataset):
         # The COCO JSON, or a YOLO split's labels folder (for messages); ground_truth is what the evaluator reads: the
         # JSON's path, or the YOLO split's COCO dict (it exists in memory only, nothing is written to the dataset).
         self.annotation_file, data = load_split(self.root, split)
-        self.ground_truth: Path | dict[str, Any] = (self.annotation_file if self.annotation_file.suffix == ".json"
-                                                    else data)
+        self.ground_truth: Path | dict[str, Any] = self.annotation_file if self.annotation_file.is_file() else data
         categories = resolve_categories(data, self.root)
         self.class_names: list[str] = [c["name"] for c in categories]
         self.label_to_category_id: list[int] = [c["id"] for c in categories]

@@ -147,6 +147,7 @@ def test_surgery_calibration_and_dataset_checks_take_yolo(yolo_seg: Path, yolo_d
     arrays = calibration_arrays(files, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert [a.shape for a in arrays] == [(1, 3, 64, 64)] * 2
     assert calibration_files(yolo_seg, 3)[0].parent == yolo_seg / "train" / "images"
+    assert calibration_files(yolo_seg / "valid", 3)[0].parent == yolo_seg / "valid" / "images"  # a split folder
 
 
 def _validate(dataset: Path, *extra: str) -> int:

@@ -1,8 +1,9 @@
 """Calibration images for full-integer INT8: the user's own pictures, preprocessed exactly as ``predict()`` does.
 
 A calibration source is a Roboflow COCO dataset folder (its ``train/`` images, else ``valid/``), a YOLO dataset folder
-(its train images, else valid), one split folder, or any folder of images. The images used are spread evenly over the
-sorted list (the same ones on every run); files that cannot be read are skipped, counted and logged.
+(its train images, else valid), one split folder (a YOLO one: its ``images/``), or any folder of images. The images
+used are spread evenly over the sorted list (the same ones on every run); files that cannot be read are skipped,
+counted and logged.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
         yolo = _yolo_images(root)
         if yolo is not None:
             folder, files = yolo
+    if not files and (folder / "images").is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES
+                                                               for p in folder.iterdir()):
+        folder = folder / "images"  # a YOLO split folder (images/ + labels/)
     files = files or sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"calibration folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); pass a "
