@@ -15,7 +15,8 @@ from rfdetr.util.environment import check_environment
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="dataset/", help="Roboflow COCO export: train/, valid/, [test/]")
+    parser.add_argument("--dataset", default="dataset/",
+                        help="Roboflow COCO export (train/, valid/, [test/]) or YOLO dataset (data.yaml)")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1,
                         help="2: every annotation must have a decodable, non-empty mask")
     parser.add_argument("--output", default="runs", help="where runs will be written (free disk is checked)")

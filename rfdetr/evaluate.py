@@ -26,8 +26,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--weights", required=True,
                         help="checkpoint, official weight name, or an exported file (.onnx, .tflite, .xml, .pte)")
-    parser.add_argument("--dataset", required=True, help="Roboflow COCO export: train/, valid/, [test/]")
-    parser.add_argument("--split", default="valid", help="split folder to evaluate on")
+    parser.add_argument("--dataset", required=True,
+                        help="Roboflow COCO export (train/, valid/, [test/]) or YOLO dataset (data.yaml)")
+    parser.add_argument("--split", default="valid", help="split to evaluate on (valid/val, test, train)")
     parser.add_argument("--output", default=None, help="JSON file for the results")
     parser.add_argument("--max_dets", "--max-dets", type=int, default=100, help="detections per image COCOeval uses")
     parser.add_argument("--size", default="auto", help="model preset; 'auto': the one the checkpoint records")

@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="dataset folder or folder of pictures: the report checks the file's detections against "
                              "PyTorch's on them (default: the calibration images, else one random input)")
     parser.add_argument("--dataset", default=None,
-                        help="COCO dataset: the report gets the file's mAP50:95 against the float32 model's")
+                        help="COCO or YOLO dataset: the report gets the file's mAP50:95 against the float32 model's")
     parser.add_argument("--split", default="valid", help="split of --dataset that is scored")
     parser.add_argument("--max_map_drop", "--max-map-drop", type=float, default=None,
                         help="refuse (exit 2, report kept, file deleted) a file that loses more mAP50:95 points")

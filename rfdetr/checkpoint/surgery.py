@@ -266,12 +266,12 @@ def strip_checkpoint(ckpt: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 
 def dataset_class_names(root: str | Path) -> list[str]:
-    """The class names a dataset trains with (train split, placeholder category dropped), in label order."""
-    from rfdetr.data.coco import annotation_path, load_coco_json, resolve_categories
+    """The class names a dataset (COCO or YOLO) trains with (train split, placeholder category dropped), in label
+    order."""
+    from rfdetr.data.annotations import load_split, resolve_categories
 
-    path = annotation_path(root, "train")
     try:
-        data = load_coco_json(path)
+        _, data = load_split(root, "train")
     except (FileNotFoundError, ValueError) as e:
         raise SurgeryError(f"--dataset {root}: {e}") from e
     return [c["name"] for c in resolve_categories(data, root)]

@@ -1,4 +1,5 @@
-"""Reading a Roboflow-layout COCO split into clean per-image records: the label map, clipping, dropping, counting.
+"""Reading a dataset split (Roboflow-layout COCO, or YOLO via :mod:`rfdetr.data.yolo`) into clean per-image records:
+the label map, clipping, dropping, counting.
 
 Kept apart from the dataset class so that evaluation (which needs the raw JSON) and the dataset share one reader,
 and so that every rule about which annotation becomes a target lives in one short file:
@@ -24,6 +25,7 @@ import numpy as np
 
 from rfdetr.data.masks import mask_kind
 from rfdetr.data.synthetic import ANNOTATION_FILE
+from rfdetr.data.yolo import canonical_split, find_split, is_yolo_layout, read_data_yaml, yolo_split_to_coco
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 # Boxes may poke out of their image by rounding noise (Roboflow writes 3 decimals): clipping those is routine (an
@@ -36,6 +38,71 @@ PLACEHOLDER_SUPERCATEGORY = "none"
 def annotation_path(root: str | Path, split: str) -> Path:
     """``<root>/<split>/_annotations.coco.json``."""
     return Path(root) / split / ANNOTATION_FILE
+
+
+def dataset_format(root: str | Path) -> str | None:
+    """``"coco"`` when ``root`` has a ``train/`` or ``valid/`` COCO JSON, ``"yolo"`` when it looks like a YOLO dataset
+    (a data.yaml or an images/labels layout), else None."""
+    root = Path(root)
+    if any(annotation_path(root, s).is_file() for s in SPLITS):
+        return "coco"
+    return "yolo" if root.is_dir() and is_yolo_layout(root) else None
+
+
+def split_exists(root: str | Path, split: str) -> bool:
+    """Whether the dataset at ``root`` (either format) has ``split`` (``val`` = ``valid``)."""
+    split = canonical_split(split)
+    if annotation_path(root, split).is_file():
+        return True
+    if dataset_format(root) != "yolo":
+        return False
+    try:
+        return find_split(root, split, read_data_yaml(root)) is not None
+    except ValueError:
+        return False
+
+
+def check_dataset(root: str | Path, splits: tuple[str, ...] = ("train", "valid")) -> Path:
+    """``root`` if it is a COCO or YOLO dataset with ``splits``, else a one-line error with the fix.
+
+    Raises:
+        FileNotFoundError: not a dataset, or a split is missing.
+        ValueError: a YOLO dataset whose data.yaml is missing or malformed.
+    """
+    root = Path(root)
+    kind = dataset_format(root)
+    if kind == "yolo":
+        read_data_yaml(root)  # names problems first
+        missing = [s for s in splits if not split_exists(root, s)]
+        if missing:
+            raise FileNotFoundError(f"YOLO dataset {root}: no {' or '.join(missing)} split -> expected "
+                                    f"{root}/<split>/images + labels (Roboflow) or {root}/images/<split> + "
+                                    "labels/<split> (Ultralytics), or entries in data.yaml")
+        return root
+    missing = [s for s in splits if not annotation_path(root, s).is_file()]
+    if missing:
+        raise FileNotFoundError(f"dataset {root}: no {', '.join(f'{s}/{ANNOTATION_FILE}' for s in missing)}. Pass "
+                                "--dataset DIR with a Roboflow 'COCO' export or a YOLO dataset (data.yaml, images/, "
+                                "labels/); check it with validate_setup.py")
+    return root
+
+
+def load_split(root: str | Path, split: str) -> tuple[Path, dict[str, Any]]:
+    """The COCO dict of ``split`` of the dataset at ``root``, and the file (COCO) or labels folder (YOLO) it came from.
+
+    COCO: ``<root>/<split>/_annotations.coco.json`` parsed by :func:`load_coco_json`. YOLO (no COCO JSON, a YOLO
+    layout): converted in memory by :func:`rfdetr.data.yolo.yolo_split_to_coco`. ``val`` and ``valid`` name one split.
+
+    Raises:
+        FileNotFoundError / ValueError: missing or malformed data; the message names the file and the fix.
+    """
+    root = Path(root)
+    path = annotation_path(root, canonical_split(split))
+    if not path.is_file() and annotation_path(root, split).is_file():
+        path = annotation_path(root, split)
+    if not path.is_file() and dataset_format(root) == "yolo":
+        return yolo_split_to_coco(root, split)
+    return path, load_coco_json(path)
 
 
 def load_coco_json(path: str | Path) -> dict[str, Any]:
@@ -196,7 +263,8 @@ def read_split(path: Path, data: dict[str, Any], category_to_label: dict[int, in
     """Clean records of every image in ``data`` (parsed from ``path``), and counts of what was changed or dropped.
 
     Args:
-        path: the annotation file (for image paths and error messages).
+        path: the annotation file (for relative image paths and error messages; the labels folder for YOLO, whose
+            ``file_name`` s are absolute).
         data: its parsed content (:func:`load_coco_json`).
         category_to_label: category id -> contiguous label, for the categories that are classes.
         masks: drop annotations without a segmentation and check that segmentations are well-formed.

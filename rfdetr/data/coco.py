@@ -1,6 +1,9 @@
 """COCO detection / instance-segmentation dataset in the Roboflow layout, and its collate function.
 
-Layout: ``<root>/<split>/_annotations.coco.json`` with the images beside it (``split`` is train, valid or test).
+Layout: ``<root>/<split>/_annotations.coco.json`` with the images beside it (``split`` is train, valid or test), or a
+YOLO dataset (``data.yaml``, images and ``.txt`` labels; see :mod:`rfdetr.data.yolo`), converted in memory to the same
+COCO dict: the format is detected from the folder, and every reader of a dataset goes through this class or
+:func:`rfdetr.data.annotations.load_split`.
 
 Labels are contiguous ``0..K-1`` in category-id order. Roboflow exports add a project-level placeholder category
 (id 0, supercategory ``"none"``) that no annotation uses; it is dropped, so a 3-class export has K = 3, and
@@ -38,8 +41,7 @@ from torchvision.transforms.v2 import functional as TF
 from rfdetr.data.annotations import (
     BBOX_TOLERANCE_PX,
     ImageRecord,
-    annotation_path,
-    load_coco_json,
+    load_split,
     read_split,
     resolve_categories,
 )
@@ -52,11 +54,11 @@ Transforms = Callable[[tv_tensors.Image, dict[str, Any]], tuple[Any, dict[str, A
 
 
 class CocoDetection(Dataset):
-    """Roboflow-layout COCO split returning ``(image, target)`` (target keys in the module docstring).
+    """Roboflow-layout COCO or YOLO split returning ``(image, target)`` (target keys in the module docstring).
 
     Args:
-        root: dataset folder holding ``train/``, ``valid/`` (and optionally ``test/``).
-        split: which split folder to read.
+        root: dataset folder holding ``train/``, ``valid/`` (and optionally ``test/``), or a YOLO dataset.
+        split: which split to read (``val`` and ``valid`` are the same split).
         transforms: paired transforms called as ``transforms(image, target)`` with a ``tv_tensors.Image`` uint8
             [3, H, W] and a target whose ``boxes`` are ``tv_tensors.BoundingBoxes`` (XYXY, absolute) and ``masks`` a
             ``tv_tensors.Mask`` bool [N, H, W]; see :mod:`rfdetr.data.transforms`. Without transforms the image is
@@ -81,10 +83,12 @@ class CocoDetection(Dataset):
                  substitute_unreadable: bool = False) -> None:
         self.root, self.split = Path(root), split
         self.substitute_unreadable = substitute_unreadable
-        self.annotation_file = annotation_path(root, split)
         self.transforms = transforms
         self.masks = masks
-        data = load_coco_json(self.annotation_file)
+        # The COCO JSON, or a YOLO split's labels folder (for messages); ground_truth is what the evaluator reads: the
+        # JSON's path, or the YOLO split's COCO dict (it exists in memory only, nothing is written to the dataset).
+        self.annotation_file, data = load_split(self.root, split)
+        self.ground_truth: Path | dict[str, Any] = self.annotation_file if self.annotation_file.is_file() else data
         categories = resolve_categories(data, self.root)
         self.class_names: list[str] = [c["name"] for c in categories]
         self.label_to_category_id: list[int] = [c["id"] for c in categories]

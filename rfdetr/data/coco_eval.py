@@ -54,9 +54,10 @@ def _quiet() -> Iterator[io.StringIO]:
         yield buffer
 
 
-def load_ground_truth(annotation_file: str | Path) -> COCO:
-    """A pycocotools COCO object of ``annotation_file`` with annotation ids renumbered 1..N (in memory only)."""
-    data = load_coco_json(annotation_file)
+def load_ground_truth(annotation_file: str | Path | dict[str, Any]) -> COCO:
+    """A pycocotools COCO object of ``annotation_file`` (a COCO JSON, or its parsed dict such as a YOLO split's from
+    :func:`rfdetr.data.yolo.yolo_split_to_coco`) with annotation ids renumbered 1..N (in memory only)."""
+    data = annotation_file if isinstance(annotation_file, dict) else load_coco_json(annotation_file)
     data = {**data, "annotations": [{**ann, "id": i + 1} for i, ann in enumerate(data["annotations"])]}
     coco = COCO()
     coco.dataset = data
@@ -79,7 +80,8 @@ class CocoEvaluator:
     """Accumulates predictions per image and scores them with COCOeval.
 
     Args:
-        annotation_file: the split's COCO JSON (the ground truth).
+        annotation_file: the split's COCO JSON (the ground truth), or its content as a dict (a YOLO split's, which
+            exists in memory only).
         label_to_category_id: category id of each contiguous label (``CocoDetection.label_to_category_id``).
         class_names: name of each label, for the per-class APs (defaults to the JSON's category names).
         iou_types: any of ``"bbox"``, ``"segm"``; ``segm`` needs ``masks`` in the predictions.
@@ -87,18 +89,20 @@ class CocoEvaluator:
             standard COCO, upstream's training-time evaluation uses 500).
     """
 
-    def __init__(self, annotation_file: str | Path, label_to_category_id: Sequence[int],
+    def __init__(self, annotation_file: str | Path | dict[str, Any], label_to_category_id: Sequence[int],
                  class_names: Sequence[str] | None = None, iou_types: Sequence[str] = ("bbox",),
                  max_dets: int = 100) -> None:
         unknown = set(iou_types) - set(IOU_TYPES)
         if unknown or not iou_types:
             raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {tuple(iou_types)}")
-        self.annotation_file = Path(annotation_file)
+        # For messages: the JSON's path, or where an in-memory dict came from (a YOLO split's labels folder).
+        self.annotation_file = Path(annotation_file.get("info", {}).get("source", "<ground truth in memory>")
+                                    if isinstance(annotation_file, dict) else annotation_file)
         self.coco_gt = load_ground_truth(annotation_file)
         self.label_to_category_id = [int(c) for c in label_to_category_id]
         missing = set(self.label_to_category_id) - set(self.coco_gt.getCatIds())
         if missing:
-            raise ValueError(f"{annotation_file}: category ids {sorted(missing)} are not in its categories")
+            raise ValueError(f"{self.annotation_file}: category ids {sorted(missing)} are not in its categories")
         if class_names is None:
             class_names = [self.coco_gt.cats[c]["name"] for c in self.label_to_category_id]
         if len(class_names) != len(self.label_to_category_id):
@@ -120,7 +124,8 @@ class CocoEvaluator:
         """An evaluator for a :class:`rfdetr.data.coco.CocoDetection` split (``segm`` too when it loads masks)."""
         if iou_types is None:
             iou_types = IOU_TYPES if dataset.masks else ("bbox",)
-        return cls(dataset.annotation_file, dataset.label_to_category_id, dataset.class_names, iou_types, max_dets)
+        ground_truth = getattr(dataset, "ground_truth", dataset.annotation_file)
+        return cls(ground_truth, dataset.label_to_category_id, dataset.class_names, iou_types, max_dets)
 
     def scorable(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Which of one image's detections can change a COCOeval number; the others need no mask (pass this as

@@ -42,6 +42,8 @@ class SyntheticSpec:
         max_objects: at most this many shapes per image (at least one).
         radius: range of a shape's circumradius, as fractions of the image's shorter side.
         seed: everything (colours, shapes, encodings) is a function of this seed.
+        mask_styles: the encodings used in turn (0 polygon, 1 RLE, 2 raw RLE; see :func:`encode_segmentation`);
+            ``(0,)`` gives polygons only, which convert to YOLO-seg labels without loss.
     """
 
     splits: tuple[tuple[str, int], ...] = (("train", 24), ("valid", 8), ("test", 4))
@@ -50,6 +52,7 @@ class SyntheticSpec:
     max_objects: int = 3
     radius: tuple[float, float] = (0.12, 0.25)
     seed: int = 0
+    mask_styles: tuple[int, ...] = (0, 1, 2)
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -190,7 +193,8 @@ def write_synthetic_dataset(root: str | Path, spec: SyntheticSpec | None = None)
                     "category_id": obj["category"] + 1,
                     "bbox": mask_bbox(mask),
                     "area": float(mask.sum()),
-                    "segmentation": encode_segmentation(mask, obj["polygon"], len(annotations) % 3),
+                    "segmentation": encode_segmentation(
+                        mask, obj["polygon"], spec.mask_styles[len(annotations) % len(spec.mask_styles)]),
                     "iscrowd": 0,
                 })
         write_coco_split(split_dir, f"RT-DETR-Seg synthetic shapes (seed {spec.seed})", categories, images,

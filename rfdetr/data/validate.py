@@ -1,4 +1,5 @@
-"""Dataset checks for ``validate_setup.py``: the Roboflow COCO layout, JSON consistency, images and masks.
+"""Dataset checks for ``validate_setup.py``: the Roboflow COCO layout, JSON consistency, images and masks (YOLO
+datasets are checked by :mod:`rfdetr.data.validate_yolo`, chosen from the folder's layout).
 
 Every problem line names the split, the file, the image or annotation id, what is wrong and how to fix it, so that a
 user can act on it without reading code.
@@ -7,8 +8,6 @@ user can act on it without reading code.
 from __future__ import annotations
 
 import json
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,9 @@ from PIL import Image
 from rfdetr.data.annotations import BBOX_TOLERANCE_PX, clip_box
 from rfdetr.data.image_io import IMAGE_ERRORS, oriented_size
 from rfdetr.data.masks import decode_mask, mask_kind
+from rfdetr.data.split_summary import OPTIONAL_SPLITS, REQUIRED_SPLITS, SplitSummary
 from rfdetr.data.synthetic import ANNOTATION_FILE
 from rfdetr.util.checklist import Checklist
-
-REQUIRED_SPLITS: tuple[str, ...] = ("train", "valid")
-OPTIONAL_SPLITS: tuple[str, ...] = ("test",)
-
-
-@dataclass
-class SplitSummary:
-    """What one split holds, for the final summary."""
-
-    images: int = 0
-    annotations: int = 0
-    images_without_annotations: int = 0
-    crowd: int = 0
-    # Boxes that poke out of their image by at most BBOX_TOLERANCE_PX: training clips them (the same rule,
-    # rfdetr.data.annotations.clip_box) and counts them; the largest such overshoot in pixels.
-    clipped: int = 0
-    max_clip_px: float = 0.0
-    per_class: Counter = field(default_factory=Counter)
-    mask_kinds: Counter = field(default_factory=Counter)
-    sizes: Counter = field(default_factory=Counter)
 
 
 class _SplitChecker:
@@ -261,10 +241,11 @@ def _report_summary(checkers: list[_SplitChecker], checks: Checklist) -> None:
 
 
 def validate_dataset(root: str | Path, checks: Checklist, stage: int = 1) -> list[SplitSummary]:
-    """Check a Roboflow-layout COCO dataset at ``root``; results go to ``checks``.
+    """Check a Roboflow-layout COCO dataset or a YOLO dataset at ``root``; results go to ``checks``.
 
     Args:
-        root: folder with ``train/``, ``valid/`` and optionally ``test/``.
+        root: folder with ``train/``, ``valid/`` and optionally ``test/`` (each with its COCO JSON), or a YOLO
+            dataset (data.yaml, images, labels), detected by :func:`rfdetr.data.annotations.dataset_format`.
         checks: where PASS/WARN/FAIL lines go.
         stage: 2 makes missing or broken masks a FAIL (stage 2 trains on them); 1 makes them a WARN.
 
@@ -273,14 +254,23 @@ def validate_dataset(root: str | Path, checks: Checklist, stage: int = 1) -> lis
     """
     root = Path(root)
     if not root.is_dir():
-        checks.fail(f"dataset folder {root} does not exist -> pass --dataset DIR (a Roboflow COCO export)")
+        checks.fail(f"dataset folder {root} does not exist -> pass --dataset DIR (a Roboflow COCO export or a YOLO "
+                    "dataset)")
         return []
+    from rfdetr.data.annotations import dataset_format
+
+    if dataset_format(root) == "yolo":
+        from rfdetr.data.validate_yolo import validate_yolo_dataset
+
+        checks.info(f"{root}: YOLO dataset (no _annotations.coco.json in train/ or valid/)")
+        return validate_yolo_dataset(root, checks, stage)
     checkers: list[_SplitChecker] = []
     for split in REQUIRED_SPLITS + OPTIONAL_SPLITS:
         if not (root / split).is_dir():
             if split in REQUIRED_SPLITS:
                 checks.fail(f"[{split}] folder missing: {root / split} -> the dataset needs train/ and valid/ "
-                            "folders, each with _annotations.coco.json")
+                            "folders, each with _annotations.coco.json (or a YOLO dataset: data.yaml, images/, "
+                            "labels/)")
             else:
                 checks.info(f"[{split}] folder not present (optional)")
             continue

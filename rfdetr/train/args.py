@@ -22,6 +22,7 @@ from rfdetr.checkpoint import CheckpointError, LoadReport, extract_state_dict, l
 from rfdetr.checkpoint.files import check_torch_file
 from rfdetr.checkpoint.weights import PRESET_WEIGHTS, WeightsDownloadError, resolve_weights
 from rfdetr.config import MODEL_PRESETS, TINY_CONFIG, ModelConfig, get_preset
+from rfdetr.data.annotations import check_dataset
 from rfdetr.train.config import (
     LossConfig,
     OptimConfig,
@@ -107,7 +108,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, sizes: tuple[str, ..
     not apply to it (stage 2's frozen detector: :data:`rfdetr.train.stage2.STAGE2_HIDDEN`).
     """
     parser.add_argument("--size", choices=sizes, default=sizes[0], help="model preset ('tiny': CPU tests and demos)")
-    parser.add_argument("--dataset", default="dataset/", help="Roboflow COCO export: train/, valid/, [test/]")
+    parser.add_argument("--dataset", default="dataset/",
+                        help="Roboflow COCO export (train/, valid/, [test/]) or YOLO dataset (data.yaml)")
     parser.add_argument("--output", default=None, help="runs root folder (alias of --output_root)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="square input side (default: the preset's); a multiple of patch size x windows")
@@ -229,10 +231,5 @@ def detection_sizes() -> tuple[str, ...]:
 
 
 def ensure_dataset(root: str | Path) -> Path:
-    """Fail early, with the fix, when the dataset folder is not a Roboflow COCO export."""
-    root = Path(root)
-    missing = [s for s in ("train", "valid") if not (root / s / "_annotations.coco.json").is_file()]
-    if missing:
-        raise FileNotFoundError(f"dataset {root}: no {', '.join(f'{s}/_annotations.coco.json' for s in missing)}. "
-                                "Pass --dataset DIR with a Roboflow 'COCO' export (check it with validate_setup.py)")
-    return root
+    """Fail early, with the fix, when the dataset folder is neither a Roboflow COCO export nor a YOLO dataset."""
+    return check_dataset(root)

@@ -15,6 +15,7 @@ from torch import nn
 
 from rfdetr.checkpoint import extract_state_dict, load_checkpoint_file
 from rfdetr.config import ModelConfig
+from rfdetr.data.annotations import split_exists
 from rfdetr.data.coco import CocoDetection, require_readable_images
 from rfdetr.data.coco_eval import CocoEvaluator
 from rfdetr.data.transforms import eval_transforms, multi_scale_sizes, train_transforms
@@ -55,7 +56,7 @@ def build_datasets(root: Path, cfg: ModelConfig, train_cfg: TrainConfig, masks: 
                           substitute_unreadable=True)
     valid = CocoDetection(root, "valid", masks=masks, transforms=eval_transforms(cfg.resolution))
     test = None
-    if (root / "test" / "_annotations.coco.json").is_file():
+    if split_exists(root, "test"):
         test = CocoDetection(root, "test", masks=masks, transforms=eval_transforms(cfg.resolution))
     if train.class_names != valid.class_names:
         raise ValueError(f"{root}: train classes {train.class_names} differ from valid classes {valid.class_names}")

@@ -1,8 +1,9 @@
 """Calibration images for full-integer INT8: the user's own pictures, preprocessed exactly as ``predict()`` does.
 
-A calibration source is a Roboflow dataset folder (its ``train/`` images, else ``valid/``), one split folder, or any
-folder of images. The images used are spread evenly over the sorted list (the same ones on every run); files that
-cannot be read are skipped, counted and logged.
+A calibration source is a Roboflow COCO dataset folder (its ``train/`` images, else ``valid/``), a YOLO dataset folder
+(its train images, else valid), one split folder (a YOLO one: its ``images/``), or any folder of images. The images
+used are spread evenly over the sorted list (the same ones on every run); files that cannot be read are skipped,
+counted and logged.
 """
 
 from __future__ import annotations
@@ -37,12 +38,19 @@ def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"calibration folder {os.fspath(source)!r} does not exist (pass a dataset folder or a "
                                 "folder of images)")
-    folder = root
+    folder, files = root, []
     for split in ("train", "valid"):
         if (root / split / "_annotations.coco.json").is_file():
             folder = root / split
             break
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        yolo = _yolo_images(root)
+        if yolo is not None:
+            folder, files = yolo
+    if not files and (folder / "images").is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES
+                                                               for p in folder.iterdir()):
+        folder = folder / "images"  # a YOLO split folder (images/ + labels/)
+    files = files or sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"calibration folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); pass a "
                          "dataset folder or a folder of the images the model will see")
@@ -50,6 +58,21 @@ def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
         return files
     picks = np.linspace(0, len(files) - 1, count).round().astype(int)
     return [files[i] for i in sorted(set(picks.tolist()))]
+
+
+def _yolo_images(root: Path) -> tuple[Path, list[Path]] | None:
+    """The train (else valid) images folder of a YOLO dataset at ``root`` and its images; None if ``root`` is not
+    one, or has neither split."""
+    from rfdetr.data.yolo import find_data_yaml, find_split, list_images, read_data_yaml
+
+    if find_data_yaml(root) is None:
+        return None
+    config = read_data_yaml(root)
+    for split in ("train", "valid"):
+        found = find_split(root, split, config)
+        if found is not None:
+            return found.images_dir, list_images(found.images_dir)
+    return None
 
 
 def calibration_arrays(files: Sequence[Path], resolution: int, mean: Sequence[float],

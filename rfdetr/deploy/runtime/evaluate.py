@@ -63,8 +63,8 @@ def evaluate_predictor(
 
     Args:
         predictor: anything with ``predict(image, threshold)``, ``class_names`` and ``masks``.
-        dataset: a Roboflow-layout COCO dataset folder.
-        split: ``valid``, ``test`` or ``train``.
+        dataset: a Roboflow-layout COCO dataset folder, or a YOLO dataset (segm ground truth from its polygons).
+        split: ``valid`` (or ``val``), ``test`` or ``train``.
         max_dets: detections per image COCOeval considers.
         progress: show a progress bar.
 
@@ -78,7 +78,7 @@ def evaluate_predictor(
     with_masks = bool(getattr(predictor, "masks", False))
     data = CocoDetection(dataset, split, masks=False)  # ground truth masks are read by the evaluator itself
     iou_types = ("bbox", "segm") if with_masks else ("bbox",)
-    evaluator = CocoEvaluator(data.annotation_file, data.label_to_category_id, data.class_names, iou_types, max_dets)
+    evaluator = CocoEvaluator(data.ground_truth, data.label_to_category_id, data.class_names, iou_types, max_dets)
     mapping = torch.tensor(label_mapping(predictor.class_names, data.class_names) + [-1])  # -1: unknown labels
     for record in tqdm(data.records, desc=f"evaluate {split}", unit="img", disable=not progress):
         image = np.asarray(read_rgb(record.path))
