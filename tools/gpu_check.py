@@ -132,7 +132,12 @@ def main(args: argparse.Namespace) -> int:
             log.write(f"===== {status} {name}\n{output}\n")
 
     start = time.perf_counter()
-    has_cuda, description = cuda_summary()
+    try:
+        has_cuda, description = cuda_summary()
+    except ImportError as err:  # the interpreter has no torch: one FAIL line, not a traceback
+        record("CUDA device", start, "FAIL", f"{sys.executable} cannot import torch ({err}): install first "
+                                             "(tools/gpu_check.sh without --skip-install, or make install)")
+        return 1
     record("CUDA device", start, "PASS" if has_cuda else "SKIP", description)
     if has_cuda:
         for name, selection in PYTEST_CHECKS.items():

@@ -2,7 +2,7 @@
 # One command for a machine with an NVIDIA GPU: install (pip only), the `gpu` tests, timed stage-1 / stage-2 steps.
 #
 #   tools/gpu_check.sh                    # from a fresh clone: creates .venv (as `make install` does) and runs
-#   tools/gpu_check.sh --skip-install     # use $PYTHON (default: python3) as it is, e.g. in CI without a GPU
+#   tools/gpu_check.sh --skip-install     # use $PYTHON (default: .venv's, else python3) as it is (CI without a GPU)
 #   TORCH="torch torchvision" tools/gpu_check.sh   # other torch builds (default: the Makefile's pin)
 #
 # Prints one line per check (PASS / FAIL / SKIP) and exits non-zero when any failed. Without CUDA every CUDA check
@@ -23,7 +23,8 @@ for a in "$@"; do
 done
 
 if [ "$skip_install" = 1 ]; then
-    PY=${PYTHON:-python3}
+    # The project's venv when there is one (make install), else python3 from PATH.
+    if [ -x "$VENV/bin/python" ]; then PY=${PYTHON:-$VENV/bin/python}; else PY=${PYTHON:-python3}; fi
     printf '%-4s  %-44s %6.1fs  %s\n' SKIP "install" 0 "--skip-install: using $PY"
 else
     PY="$VENV/bin/python"
