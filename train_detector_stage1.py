@@ -12,24 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfdetr.train.args import (
-    DEFAULT_PRETRAIN_EXCLUDE,
-    TrainingArgumentParser,
-    add_training_arguments,
-    detection_sizes,
-    run_training_script,
-)
+from rfdetr.train.args import run_training_script
+from rfdetr.train.parsers import stage1_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = TrainingArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_arguments(parser, detection_sizes(), train_overrides={})
-    parser.add_argument("--pretrained", default=None,
-                        help="weights to start from: a path, an official name (rf-detr-nano.pth) or 'none' "
-                             "(default: the size's official COCO weights)")
-    parser.add_argument("--pretrain_exclude_keys", "--pretrain-exclude-keys", default=DEFAULT_PRETRAIN_EXCLUDE,
-                        help="comma-separated key patterns ('*' wildcard) dropped from --pretrained before loading")
-    return parser
+    return stage1_parser(__doc__)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -16,40 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfdetr.models.mask_head import MASK_HEAD_KINDS
-from rfdetr.train.args import TrainingArgumentParser, add_training_arguments, run_training_script
-from rfdetr.train.config import SEGMENTATION_LOSS
+from rfdetr.train.args import run_training_script
+from rfdetr.train.parsers import single_stage_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from rfdetr.train.single_stage import SINGLE_STAGE_PRETRAIN_EXCLUDE, SINGLE_STAGE_TRAIN_DEFAULTS, single_stage_sizes
-
-    parser = TrainingArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_arguments(
-        parser, single_stage_sizes(), train_overrides=SINGLE_STAGE_TRAIN_DEFAULTS, loss_defaults=SEGMENTATION_LOSS
-    )
-    parser.add_argument(
-        "--pretrained",
-        "--pretrain_weights",
-        "--init_ckpt",
-        default=None,
-        help="weights to start from: a path (ours, rfdetr's), an official name (rf-detr-seg-nano.pt) "
-        "or 'none' (default: the size's official weights: rf-detr-seg-*.pt for seg sizes)",
-    )
-    parser.add_argument(
-        "--pretrain_exclude_keys",
-        "--pretrain-exclude-keys",
-        default=SINGLE_STAGE_PRETRAIN_EXCLUDE,
-        help="comma-separated key patterns ('*' wildcard) dropped from --pretrained before loading (default: none)",
-    )
-    parser.add_argument(
-        "--mask_head",
-        "--mask-head",
-        choices=MASK_HEAD_KINDS,
-        default="auto",
-        help="detection sizes only: MaskHead (rfdetr's head), MaskHeadNano (light), or auto (nano for --size nano)",
-    )
-    return parser
+    return single_stage_parser(__doc__)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ from rfdetr.deploy.export.exporter import add_accuracy, export_model, onnx_optio
 from rfdetr.deploy.export.formats import DEFAULT_INT8_IO
 from rfdetr.deploy.export.metadata import export_metadata
 from rfdetr.deploy.runtime.detections import Detections
+from rfdetr.deploy.runtime.evaluate import evaluate_predictor
 from rfdetr.deploy.runtime.optimize import ENGINES, cached_engine, default_cache_dir, pick_engine, trace_torch
 from rfdetr.deploy.runtime.processing import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
     ImageInput,
@@ -58,6 +59,7 @@ from rfdetr.deploy.runtime.timing import StageTimer, timed
 from rfdetr.models import PostProcess, build_model
 from rfdetr.models.mask_head import MaskHead, MaskHeadConfig, MaskHeadNano
 from rfdetr.models.segmenter import Segmenter
+from rfdetr.train.api import TrainingMethods
 
 __all__ = [
     "COCO_CLASS_NAMES", "Detections", "RFDETR", "RFDETRBase", "RFDETRLarge", "RFDETRMedium", "RFDETRNano",
@@ -93,7 +95,7 @@ def _with_frozen_detector(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
                               f"changed since that run: load {best} (a complete model)")
     return {**ckpt, "model": {**detector, **ckpt["model"]}}
 
-class RFDETR:
+class RFDETR(TrainingMethods):
     """An RF-DETR model ready for inference: weights, class names and pre/post-processing.
 
     Use a preset subclass (``RFDETRNano``, ``RFDETRSegSmall`` ...) or :meth:`from_checkpoint`.
@@ -425,6 +427,22 @@ class RFDETR:
         if dataset is not None:
             add_accuracy(path, self, dataset, split, max_map_drop)
         return path
+
+    def evaluate(self, dataset_dir: str | os.PathLike[str], split: str = "valid", max_dets: int = 100,
+                 progress: bool = True) -> dict[str, Any]:
+        """COCO metrics of this model on a dataset split, as ``python -m rfdetr.evaluate`` computes them.
+
+        Args:
+            dataset_dir: a COCO (Roboflow layout) or YOLO dataset folder.
+            split: ``valid`` (or ``val``), ``test`` or ``train``.
+            max_dets: detections per image COCOeval considers.
+            progress: show a progress bar.
+
+        Returns:
+            ``{"split", "images", "bbox": {...}, "segm": {...} (with masks), "summary"}``; each iou type holds
+            ``mAP`` (50:95), ``mAP50``, ``mAP75``, the 12 COCO ``stats`` and ``per_class_AP`` / ``per_class_AP50``.
+        """
+        return evaluate_predictor(self, dataset_dir, split, max_dets=max_dets, progress=progress)
 
     def save_pretrained(self, output_dir: str | os.PathLike[str]) -> Path:
         """Write a Hugging Face transformers folder (config.json, model.safetensors, preprocessor_config.json).
