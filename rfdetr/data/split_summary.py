@@ -24,3 +24,14 @@ class SplitSummary:
     per_class: Counter = field(default_factory=Counter)
     mask_kinds: Counter = field(default_factory=Counter)
     sizes: Counter = field(default_factory=Counter)
+
+    def size_text(self, most: int = 5) -> str:
+        """The commonest image sizes with their counts: ``640x640 (120), 640x480 (3), ... 7 sizes in all``."""
+        text = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.sizes.most_common(most))
+        return text + (f", ... {len(self.sizes)} sizes in all" if len(self.sizes) > most else "")
+
+    def print_details(self) -> None:
+        """The per-class, mask-kind and image-size lines of the dataset summary."""
+        print(f"         per class: {dict(sorted(self.per_class.items()))}")
+        print(f"         masks: {dict(self.mask_kinds)}")
+        print(f"         image sizes: {self.size_text()}")

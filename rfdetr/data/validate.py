@@ -230,14 +230,9 @@ def _report_summary(checkers: list[_SplitChecker], checks: Checklist) -> None:
     print("\nDataset summary")
     for c in checkers:
         s = c.summary
-        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in s.sizes.most_common(5))
-        if len(s.sizes) > 5:
-            sizes += f", ... {len(s.sizes)} sizes in all"
         print(f"  {c.split:6s} images {s.images:5d} (without annotations: {s.images_without_annotations})  "
               f"annotations {s.annotations:6d} (crowd: {s.crowd}, boxes clipped to the image: {s.clipped})")
-        print(f"         per class: {dict(sorted(s.per_class.items()))}")
-        print(f"         masks: {dict(s.mask_kinds)}")
-        print(f"         image sizes: {sizes}")
+        s.print_details()
 
 
 def validate_dataset(root: str | Path, checks: Checklist, stage: int = 1) -> list[SplitSummary]:

@@ -102,14 +102,9 @@ def _report_summary(config: YoloConfig, checkers: list[_YoloSplitChecker], check
     print("\nDataset summary (YOLO)")
     for c in checkers:
         s = c.summary
-        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in s.sizes.most_common(5))
-        if len(s.sizes) > 5:
-            sizes += f", ... {len(s.sizes)} sizes in all"
         print(f"  {c.split:6s} images {s.images:5d} (background, no labels: {s.images_without_annotations})  "
               f"objects {s.annotations:6d}   images: {c.found.images_dir}  labels: {c.found.labels_dir}")
-        print(f"         per class: {dict(sorted(s.per_class.items()))}")
-        print(f"         masks: {dict(s.mask_kinds)}")
-        print(f"         image sizes: {sizes}")
+        s.print_details()
 
 
 def validate_yolo_dataset(root: str | Path, checks: Checklist, stage: int = 1) -> list[SplitSummary]:
