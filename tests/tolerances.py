@@ -81,6 +81,19 @@ def reordered_sum_bound(k: int, magnitude: float, sigmas: float = 4.0) -> float:
     return sigmas * np.sqrt(k) * FLOAT32_UNIT_ROUNDOFF * magnitude
 
 
+FLOAT64_UNIT_ROUNDOFF = 2.0**-53
+
+
+def float64_means_bound(n: int, magnitude: float = 1.0) -> float:
+    """Bound on how far two float64 means of the same ``n`` numbers (each of absolute value <= ``magnitude``) can
+    differ when they only sum in another order or grouping (e.g. a flat mean against a mean of row means).
+
+    Recursive summation of n terms errs by at most (n - 1) u sum|x| <= n u n magnitude (Higham, Accuracy and
+    Stability, 4.2); divided by n that is n u magnitude per mean, and two such means differ by at most twice that.
+    """
+    return 2 * n * FLOAT64_UNIT_ROUNDOFF * magnitude
+
+
 def score_bound(logit_bound: float) -> float:
     """The largest score change a logit change of at most ``logit_bound`` can cause (sigmoid slope <= 1/4)."""
     return SIGMOID_MAX_SLOPE * logit_bound

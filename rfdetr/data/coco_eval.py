@@ -116,6 +116,9 @@ class CocoEvaluator:
         with_gt = {int(a["category_id"]) for a in self.coco_gt.dataset.get("annotations", [])}
         self._label_has_gt = torch.tensor([c in with_gt for c in self.label_to_category_id], dtype=torch.bool)
         self.summary = ""
+        # The last evaluate()'s COCOeval per iou type (precision arrays, per-image matches), for the run folder's
+        # curves and confusion matrix (rfdetr.train.plots); replaced, never mutated, by the next evaluate().
+        self.coco_evals: dict[str, COCOeval] = {}
         self.reset()
 
     @classmethod
@@ -169,6 +172,11 @@ class CocoEvaluator:
         self._results: dict[int, dict[str, list[dict[str, Any]]]] = {}
         self._unknown_labels = 0
         self._synchronized = False
+
+    @property
+    def results(self) -> dict[int, dict[str, list[dict[str, Any]]]]:
+        """image id -> iou type -> the COCO result dicts added so far (read-only; :meth:`reset` starts a new dict)."""
+        return self._results
 
     @property
     def image_ids(self) -> list[int]:
@@ -263,6 +271,7 @@ class CocoEvaluator:
                            len(self.label_to_category_id) - 1)
         img_ids = sorted(self._results) or sorted(self.coco_gt.getImgIds())
         results, summaries = {}, []
+        self.coco_evals = {}
         for iou_type in self.iou_types:
             dets = [dict(d) for i in img_ids for d in self._results.get(i, {}).get(iou_type, [])]
             with _quiet():  # loadRes writes into the dicts it gets, hence the copies above
@@ -276,6 +285,7 @@ class CocoEvaluator:
                 coco_eval.accumulate()
                 coco_eval.summarize()
             results[iou_type] = self._stats(coco_eval)
+            self.coco_evals[iou_type] = coco_eval
             summaries.append(format_summary(iou_type, results[iou_type], self.max_dets))
         self.summary = "\n".join(summaries)
         return results

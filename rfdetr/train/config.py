@@ -130,6 +130,9 @@ class TrainConfig:
     run_name: str | None = _field(None, "run folder prefix (default: <stage>_<size>_<resolution>); _N is appended")
     print_freq: int = _field(10, "iterations between console log lines")
     tensorboard: bool = _field(True, "write TensorBoard event files into the run folder")
+    plots: bool = _field(True, "write the run folder's pictures and tables (results.png/.csv, PR and F1 curves, "
+                               "confusion matrix, per_class.csv, labels, train batches, validation predictions); "
+                               "0: a bare folder")
     wandb: bool = _field(False, "log to Weights & Biases (needs `pip install wandb`; honours WANDB_MODE=offline)")
     wandb_project: str = _field("rtdetr-seg", "W&B project")
     wandb_run: str | None = _field(None, "W&B run name (default: the run folder name)")

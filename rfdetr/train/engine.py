@@ -118,6 +118,7 @@ def train_one_epoch(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     desc: str | None = None,
+    on_batch: Callable[[torch.Tensor, Targets], None] | None = None,
 ) -> tuple[dict[str, float], int]:
     """Train for one pass over ``loader``.
 
@@ -138,6 +139,8 @@ def train_one_epoch(
         on_step: called with (global_step, logged values) after each optimizer step (rank 0 logging).
         progress: show a tqdm bar on the main process.
         desc: the bar's label (default ``epoch {epoch}``; :func:`rfdetr.train.fit.fit` gives ``epoch 3/50``).
+        on_batch: called with each micro-batch exactly as the model receives it (after augmentation and the
+            multi-scale resize), e.g. to draw the first ones (:class:`rfdetr.train.plots.RunPlots`).
 
     Returns:
         (epoch means of the loss terms, ``lr`` and ``skipped_steps``; the new global step).
@@ -168,6 +171,8 @@ def train_one_epoch(
             images, targets = to_device(images, targets, device)
             if size is not None and images.shape[-1] != size:
                 images, targets = resize_batch(images, targets, size)
+            if on_batch is not None:
+                on_batch(images, targets)
             # Only the last micro-batch synchronises gradients across DDP ranks.
             sync = contextlib.nullcontext() if i == accum - 1 or not hasattr(model, "no_sync") else model.no_sync()
             with sync:

@@ -16,6 +16,9 @@ Files in the run folder::
     checkpoint_best_ema.pth     best EMA weights
     checkpoint_best_total.pth   the better of the two, written at the end (a hard link to it: no second copy)
     results.json                final metrics (valid, and test when the split exists)
+    results.csv/.png, pr_curve_*, f1_curve_*, confusion_matrix.*, per_class.csv, labels.png, train_batch*.jpg,
+    val_predictions_*.jpg       pictures and tables (--plots 0: none), see rfdetr.train.plots.run_plots;
+                                results.json also gets the F1-maximising score threshold
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from rfdetr.train.ema import ModelEMA
 from rfdetr.train.engine import StepSettings, evaluate, primary_metric, train_one_epoch
 from rfdetr.train.optim import autocast_dtype as pick_autocast_dtype
 from rfdetr.train.optim import build_grad_scaler, build_scheduler, make_adamw
+from rfdetr.train.plots import RunPlots
 from rfdetr.train.report import EpochReport
 from rfdetr.util.distributed import DistInfo, barrier, broadcast_object
 from rfdetr.util.early_stopping import EarlyStopping, select_metric
@@ -209,6 +213,8 @@ class _Fit:
         self.report = EpochReport(job, JsonlLogger(self.run_dir / "log.jsonl", enabled=dist_info.is_main),
                                   self.run_logger, train_cfg.tensorboard or train_cfg.wandb, self.device,
                                   dist_info.is_main)
+        self.plots = RunPlots(self.run_dir, job, enabled=train_cfg.plots and dist_info.is_main, primary=job.iou_type)
+        self.plots.labels()
 
     # ------------------------------------------------------------------------------------------ setup and resume
 
@@ -335,20 +341,29 @@ class _Fit:
         train_stats, self.global_step = train_one_epoch(
             self.train_model, self.job.criterion, self.train_loader, self.optimizer, self.scheduler, self.device,
             epoch, settings, global_step=self.global_step, scaler=self.scaler, ema=self.ema, forward=self.job.forward,
-            on_step=on_step, desc=f"epoch {epoch + 1}/{self.cfg.epochs}")
+            on_step=on_step, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", on_batch=self.plots.batch_hook())
         metrics: dict[str, Any] = {}
         ema_metrics: dict[str, Any] | None = None
         stop = False
+        new_best: str | None = None
         evaluated = self.evaluates_after(epoch)
         if evaluated:
             metrics = self._evaluate(self.model, f"eval {epoch}")
-            ema_metrics = self._evaluate(self.ema.module, f"eval ema {epoch}") if self.ema is not None else None
+            self.plots.capture("regular", self.evaluator, epoch)
+            ema_metrics = None
+            if self.ema is not None:
+                ema_metrics = self._evaluate(self.ema.module, f"eval ema {epoch}")
+                self.plots.capture("ema", self.evaluator, epoch)
             regular = primary_metric(metrics, self.job.iou_type)
             ema = primary_metric(ema_metrics, self.job.iou_type) if ema_metrics is not None else None
+            before = max(self.best["regular"], self.best["ema"])
             self._update_best(epoch, regular, ema)
+            if max(self.best["regular"], self.best["ema"]) > before:  # ties go to the regular weights, as in _finish
+                new_best = "ema" if self.best["ema"] > self.best["regular"] else "regular"
             stop = self.early.update(select_metric(regular, ema, self.cfg.early_stopping_use_ema), epoch)
         # An epoch without evaluation still gets its log.jsonl line and training scalars (no val_* entries).
         record = self.report.record(epoch, self.global_step, self.best, train_stats, metrics, ema_metrics, evaluated)
+        self.plots.epoch_end(epoch, new_best)
         self.report.scalars(epoch, self.optimizer, train_stats, metrics, ema_metrics)
         if evaluated:
             self.report.pictures(self.ema.module if self.ema is not None else self.model, epoch)
@@ -379,6 +394,7 @@ class _Fit:
             results["best_total_source"] = source.name
             if self.job.test_set is not None and self.cfg.run_test:
                 results["test"] = self._test(load_checkpoint_file(source)["model"])
+        results.update(self.plots.finish())
         write_json_atomic(self.run_dir / "results.json", results)
         return results
 
