@@ -25,7 +25,7 @@ def class_color(class_id: int) -> tuple[int, int, int]:
 
 def draw_instances(image: np.ndarray, xyxy: np.ndarray, color_keys: np.ndarray, labels: Sequence[str],
                    scores: np.ndarray | None = None, masks: np.ndarray | None = None, mask_alpha: float = 0.45,
-                   line_width: int | None = None) -> np.ndarray:
+                   line_width: int | None = None, font_scale: float | None = None) -> np.ndarray:
     """A copy of ``image`` with masks blended in, mask outlines, boxes and one text label per instance.
 
     Args:
@@ -38,6 +38,7 @@ def draw_instances(image: np.ndarray, xyxy: np.ndarray, color_keys: np.ndarray, 
         masks: bool [N, H, W] at the image's size, or None.
         mask_alpha: opacity of the mask colour.
         line_width: box / outline thickness in pixels (default: scales with the image, at least 1).
+        font_scale: OpenCV font scale of the labels (default: follows the line width, at least 0.3).
 
     Returns:
         RGB uint8 [H, W, 3].
@@ -55,7 +56,7 @@ def draw_instances(image: np.ndarray, xyxy: np.ndarray, color_keys: np.ndarray, 
             mask = masks[i]
             blended = out[mask].astype(np.float32) * (1 - mask_alpha) + colors[i] * mask_alpha
             out[mask] = blended.round().clip(0, 255).astype(np.uint8)
-    font_scale = max(0.3, thickness * 0.35)
+    font_scale = font_scale or max(0.3, thickness * 0.35)
     placed: list[tuple[int, int, int, int]] = []
     # Boxes and outlines first, then the labels from the most confident down, so that a label is never painted over
     # by a later box and the most confident object gets its label in the usual place.

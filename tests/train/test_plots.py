@@ -152,3 +152,33 @@ def test_plots_off_leaves_a_bare_folder(four_images: Path, tmp_path: Path) -> No
     names = {p.name for p in run_dir.iterdir()}
     assert not (BOX_FILES | MASK_FILES) & names and "checkpoint_best_total.pth" in names
     assert "threshold" not in json.loads((run_dir / "results.json").read_text())
+
+
+def test_f1_curve_from_the_evaluations_matches(tmp_path: Path) -> None:
+    """One image, two objects, three detections: 0.9 hits, 0.8 misses, 0.35 hits (hand-computed F1 per threshold)."""
+    from rfdetr.data.coco_eval import CocoEvaluator
+    from rfdetr.train.plots.analysis import pr_curves, score_curves
+
+    gt = {"images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.jpg"}],
+          "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 50, 20, 20], "area": 400,
+                           "iscrowd": 0}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    evaluator = CocoEvaluator(path, [1])
+    evaluator.update({1: {"boxes": np.array([[0, 0, 20, 20], [80, 0, 99, 20], [50, 50, 70, 70]], dtype=np.float32),
+                          "scores": np.array([0.9, 0.8, 0.35], dtype=np.float32), "labels": np.array([0, 0, 0])}})
+    stats = evaluator.evaluate()["bbox"]
+    curves = score_curves(evaluator.coco_evals["bbox"])
+    at = {t: int(np.searchsorted(curves.thresholds, t)) for t in (0.2, 0.5, 0.85, 0.95)}
+    assert curves.f1[0, at[0.2]] == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))  # all three kept: P 2/3, R 1
+    assert curves.f1[0, at[0.5]] == pytest.approx(0.5)  # 0.9 and 0.8 kept: P 1/2, R 1/2
+    assert curves.f1[0, at[0.85]] == pytest.approx(2 / 3)  # 0.9 kept: P 1, R 1/2
+    assert curves.f1[0, at[0.95]] == 0.0
+    # the plateau of the best F1 (0.8) runs from 0 to the lowest kept score: its highest threshold is recommended
+    grid = float(curves.thresholds[1] - curves.thresholds[0])
+    lowest_kept = float(np.float32(0.35))  # the evaluator keeps scores as float32
+    assert curves.f1_mean[curves.best] == pytest.approx(0.8) and lowest_kept - grid < curves.threshold <= lowest_kept
+    assert pr_curves(evaluator.coco_evals["bbox"]).mean.mean() == pytest.approx(stats["mAP50"],
+                                                                                abs=float64_means_bound(101))

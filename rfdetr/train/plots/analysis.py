@@ -56,7 +56,8 @@ class ScoreCurves:
         precision, recall, f1: [K, S] per class (0 where nothing is detected).
         valid: [K] bool, the class has ground truth.
         f1_mean: [S] mean F1 over the valid classes.
-        best: index into ``thresholds`` of the largest ``f1_mean`` (the lowest such threshold on ties).
+        best: index into ``thresholds`` of the largest ``f1_mean``; on a plateau the highest threshold of it (the
+            same F1 with the fewest low-score detections kept).
     """
 
     thresholds: np.ndarray
@@ -158,7 +159,7 @@ def score_curves(coco_eval: Any, points: int = SCORE_POINTS) -> ScoreCurves:
     f1 = np.where(denominator > 0, 2 * precision * recall / np.where(denominator > 0, denominator, 1.0), 0.0)
     f1_mean = f1[valid].mean(axis=0) if valid.any() else np.zeros(points)
     return ScoreCurves(thresholds=thresholds, precision=precision, recall=recall, f1=f1, valid=valid,
-                       f1_mean=f1_mean, best=int(np.argmax(f1_mean)))
+                       f1_mean=f1_mean, best=points - 1 - int(np.argmax(f1_mean[::-1])))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -17,6 +17,9 @@ from rfdetr.train.plots.analysis import PrCurves, ScoreCurves
 
 __all__ = ["confusion_png", "f1_png", "labels_png", "pr_png", "results_png"]
 
+# Panel titles that say more than the log key.
+_TITLES = {"loss": "loss (weighted total)", "class_error": "class error (%)", "lr": "learning rate",
+           "bbox_mAP": "bbox mAP50:95", "segm_mAP": "segm mAP50:95"}
 # Classes drawn one line each, with a legend, up to this count; beyond it they are thin grey lines without legend.
 _LEGEND_CLASSES = 12
 _DPI = 110
@@ -71,6 +74,7 @@ def results_png(columns: dict[str, list[float | None]], title: str = "") -> byte
     rows = math.ceil(count / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     styles = {"train": ("C0", "-"), "val": ("C1", "-"), "EMA val": ("C2", "--")}
+    handles: dict[str, Any] = {}
     for ax, quantity in zip(axes.flat, order, strict=False):
         for label, column in panels[quantity]:
             values = np.array([np.nan if v is None else v for v in columns[column]], dtype=np.float64)
@@ -80,18 +84,17 @@ def results_png(columns: dict[str, list[float | None]], title: str = "") -> byte
             color, line = styles[label]
             # Markers when few points are logged (or evaluation skips epochs), so that a lone value still shows.
             marker = "o" if mask.sum() <= 15 or not mask.all() else None
-            ax.plot(epochs[mask], values[mask], line, color=color, marker=marker, markersize=3, linewidth=1.4,
-                    label=label)
-        ax.set_title(quantity.replace("_", " "), fontsize=9)
+            (handles[label],) = ax.plot(epochs[mask], values[mask], line, color=color, marker=marker, markersize=3,
+                                        linewidth=1.4, label=label)
+        ax.set_title(_TITLES.get(quantity, quantity.replace("_", " ")), fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.yaxis.get_offset_text().set_fontsize(7)
         if quantity == "lr":
+            ax.set_ylim(bottom=0)  # a constant LR would otherwise fill the panel with a +-4% scale
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-            ax.yaxis.get_offset_text().set_fontsize(7)
-        if len(ax.get_lines()) > 1:
-            ax.legend(fontsize=7, frameon=False)
-        elif not ax.get_lines():
+        if not ax.get_lines():
             _note(ax, "not logged yet")
     for ax in list(axes.flat)[len(order):]:
         ax.axis("off")
@@ -100,8 +103,15 @@ def results_png(columns: dict[str, list[float | None]], title: str = "") -> byte
     for ax in axes[-1]:
         ax.set_xlabel("epoch", fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10, x=0.01, ha="left")
+    # One legend for every panel, in the title row, so that no legend covers a curve.
+    order_labels = [k for k in styles if k in handles]
+    if order_labels:
+        fig.legend([handles[k] for k in order_labels], order_labels, loc="upper right", ncol=len(order_labels),
+                   fontsize=8, frameon=False)
+    # Fixed margins: tight_layout measures every text and costs more than the drawing itself on a 15-panel figure.
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.5 / fig.get_figheight(), top=1 - 0.55 / fig.get_figheight(),
+                        wspace=0.28, hspace=0.45)
     return _png(fig)
 
 
@@ -191,7 +201,7 @@ def confusion_png(matrix: np.ndarray, class_names: Sequence[str], title: str) ->
                         color="white" if value > 0.6 else "black")
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     if not matrix.any():
         _note(ax, "no ground truth and no detection")
     fig.tight_layout()

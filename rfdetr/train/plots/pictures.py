@@ -22,6 +22,8 @@ __all__ = ["batch_mosaic", "jpeg", "side_by_side"]
 TILE_SIDE = 320
 PANEL_SIDE = 560
 _JPEG_QUALITY = 90
+# Label size on tiles and panels (OpenCV's scale: about 10 px high letters), readable without zooming.
+_FONT_SCALE = 0.5
 
 
 def jpeg(image: np.ndarray) -> bytes:
@@ -101,7 +103,7 @@ def batch_mosaic(images: torch.Tensor, targets: Sequence[Mapping[str, torch.Tens
         masks_np = masks.detach().cpu().numpy().astype(bool) if masks is not None and masks.ndim == 3 else None
         rgb, masks_np, scale = _resize(rgb, TILE_SIDE, masks_np)
         names = [class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c)) for c in labels]
-        tiles.append(draw_instances(rgb, xyxy * scale, labels, names, masks=masks_np))
+        tiles.append(draw_instances(rgb, xyxy * scale, labels, names, masks=masks_np, font_scale=_FONT_SCALE))
     return _tile(tiles, columns=math.ceil(math.sqrt(len(tiles))))
 
 
@@ -125,8 +127,8 @@ def side_by_side(image: np.ndarray, truth: Mapping[str, Any], predictions: Mappi
         if scores is not None:
             names = [f"{n} {s:.2f}" for n, s in zip(names, scores, strict=True)]
         boxes = np.asarray(instances["boxes"], dtype=np.float32).reshape(-1, 4) * scale
-        drawn = draw_instances(rgb, boxes, labels, names, scores=scores, masks=masks)
-        panels.append(_title(drawn, f"{title} ({len(labels)})"))
+        drawn = draw_instances(rgb, boxes, labels, names, scores=scores, masks=masks, font_scale=_FONT_SCALE)
+        panels.append(_title(drawn, f"{title}: {len(labels)}"))
     return _tile(panels, columns=2, gap=8)
 
 

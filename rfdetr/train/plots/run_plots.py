@@ -14,13 +14,14 @@ Files (all off with ``--plots 0``)::
 
 The curves, matrix, table and validation pictures describe the best model so far (the weights of
 ``checkpoint_best_total.pth`` at the end) and are refreshed when it changes. Plotting must not slow training: apart
-from the first and the last epoch, a refresh is postponed while the time spent plotting exceeds
-:data:`TIME_BUDGET` of the run's wall time (results.csv is always current).
+from the first epoch (no results.png yet: one point per panel) and the end, a refresh is postponed while the time
+spent plotting exceeds :data:`TIME_BUDGET` of the run's wall time (results.csv is always current).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import logging
 import time
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["RunPlots", "TIME_BUDGET", "results_table"]
 
 # Largest share of the run's wall time spent on plotting before intermediate refreshes wait (the end always writes).
-TIME_BUDGET = 0.05
+TIME_BUDGET = 0.03
 TRAIN_BATCHES = 3
 VAL_IMAGES = 4
 # Predictions drawn per validation picture at most (the highest scores), so that a weak early model stays readable.
@@ -109,6 +110,11 @@ class RunPlots:
         self.thresholds: dict[str, dict[str, Any]] = {}
         self.batches_drawn = sum(1 for _ in self.run_dir.glob("train_batch*.jpg")) if enabled else TRAIN_BATCHES
         self._val_ids: list[int] | None = None
+        # matplotlib draws the PNG charts; without it the CSVs and JPEG pictures are still written.
+        self.charts = enabled and importlib.util.find_spec("matplotlib") is not None
+        if enabled and not self.charts:
+            logger.warning("run folder: matplotlib is not installed, so results.png, labels.png, the curves and the "
+                           "confusion matrix picture are skipped (pip install matplotlib; or --plots 0 to skip all)")
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -132,7 +138,7 @@ class RunPlots:
 
     def labels(self) -> None:
         """``labels.png`` from the training split's annotations (no image is read); once per run folder."""
-        if not self.enabled or (self.run_dir / "labels.png").exists():
+        if not self.charts or (self.run_dir / "labels.png").exists():
             return
         self._timed("labels.png", self._labels)
 
@@ -197,13 +203,14 @@ class RunPlots:
         if epoch == 0 or self._affordable():
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         """Write whatever is pending: results.png, and the best model's curves, tables and validation pictures."""
         if not self.enabled:
             return
         if self.results_pending:
             self.results_pending = False
-            self._timed("results.png", self._results_png)
+            if self.charts:
+                self._timed("results.png", lambda: self._results_png(final))
         if self.pending is not None:
             snapshot, self.pending = self.pending, None
             self._timed("curves and tables", lambda: self._best(snapshot))
@@ -214,7 +221,10 @@ class RunPlots:
         recall, model, epoch). Resumed without a new best, they are read back from per_class.csv."""
         if not self.enabled:
             return {}
-        self.flush()
+        self.flush(final=True)
+        elapsed = time.perf_counter() - self.start
+        logger.info("run folder pictures and tables: %.1fs of the run's %.1fs (%.1f%%)", self.spent, elapsed,
+                    100 * self.spent / max(elapsed, 1e-9))
         thresholds = self.thresholds or self._thresholds_from_csv()
         if not thresholds:
             return {}
@@ -232,8 +242,11 @@ class RunPlots:
         table = results_table(read_jsonl(self.run_dir / "log.jsonl"))
         self._write("results.csv", _csv_text(list(table), list(zip(*table.values(), strict=True))))
 
-    def _results_png(self) -> None:
+    def _results_png(self, final: bool = False) -> None:
         table = results_table(read_jsonl(self.run_dir / "log.jsonl"))
+        if len(table["epoch"]) < 2 and not final:
+            self.results_pending = True  # one point per panel says nothing yet: wait for the second epoch
+            return
         table = {k: v for k, v in table.items() if not k.endswith(_NOT_PLOTTED)}
         self._write("results.png", charts.results_png(table, self.run_dir.name))
 
@@ -249,14 +262,15 @@ class RunPlots:
             kind = _KIND[iou_type]
             pr = analysis.pr_curves(coco_eval)
             curves = analysis.score_curves(coco_eval)
-            self._write(f"pr_curve_{kind}.png", charts.pr_png(pr, self.class_names, f"{kind} precision-recall, IoU "
-                                                                                     f"0.5 ({label})"))
+            if self.charts:
+                self._write(f"pr_curve_{kind}.png", charts.pr_png(pr, self.class_names, f"{kind} precision-recall, "
+                                                                                         f"IoU 0.5 ({label})"))
+                self._write(f"f1_curve_{kind}.png", charts.f1_png(curves, self.class_names, f"{kind} F1, IoU 0.5 "
+                                                                                             f"({label})"))
             header = ["recall", "all", *self.class_names]
             points = [[float(r), float(m), *(float(p) for p in pr.precision[:, i])]
                       for i, (r, m) in enumerate(zip(pr.recall, pr.mean, strict=True))]
             self._write(f"pr_curve_{kind}.csv", _csv_text(header, points))
-            self._write(f"f1_curve_{kind}.png", charts.f1_png(curves, self.class_names, f"{kind} F1, IoU 0.5 "
-                                                                                         f"({label})"))
             table = analysis.per_class_rows(kind, self.class_names, images, instances, pr, curves,
                                             images_with_instances=sum(1 for i in image_ids
                                                                       if analysis.has_instances(gt, i)))
@@ -277,9 +291,10 @@ class RunPlots:
             self._write("confusion_matrix.csv", _csv_text(["predicted \\ true", *names],
                                                           [[n, *map(int, row)] for n, row in zip(names, matrix,
                                                                                                  strict=True)]))
-            self._write("confusion_matrix.png", charts.confusion_png(
-                matrix, self.class_names, f"confusion matrix, boxes at IoU 0.5 and score >= {threshold:.3f} "
-                                          f"({label}), normalised per true class"))
+            if self.charts:
+                self._write("confusion_matrix.png", charts.confusion_png(
+                    matrix, self.class_names, f"confusion matrix, normalised per true class\nboxes at IoU 0.5, "
+                                              f"score >= {threshold:.3f} ({label})"))
         self.thresholds = thresholds
         self._val_pictures(snap, thresholds.get(self.primary, thresholds.get("bbox")))
         logger.debug("run folder: curves, tables and pictures of the %s in %.2fs", label, time.perf_counter() - start)
@@ -347,6 +362,6 @@ class RunPlots:
                 predicted["masks"] = np.stack([mask_utils.decode(rles[i]["segmentation"]).astype(bool)
                                                for i in order]) if order else \
                     np.zeros((0, *image.shape[:2]), dtype=bool)
-            caption = f"predictions >= {draw_at:.2f}, {snap.model} epoch {snap.epoch}"
+            caption = f"predictions, score >= {draw_at:.2f} ({snap.model} weights, epoch {snap.epoch})"
             self._write(f"val_predictions_{n}.jpg", pictures.jpeg(pictures.side_by_side(
                 image, truth, predicted, self.class_names, caption)))
