@@ -182,3 +182,19 @@ def test_f1_curve_from_the_evaluations_matches(tmp_path: Path) -> None:
     assert curves.f1_mean[curves.best] == pytest.approx(0.8) and lowest_kept - grid < curves.threshold <= lowest_kept
     assert pr_curves(evaluator.coco_evals["bbox"]).mean.mean() == pytest.approx(stats["mAP50"],
                                                                                 abs=float64_means_bound(101))
+
+
+def test_without_matplotlib_the_charts_are_skipped_with_one_warning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import importlib.util
+    from types import SimpleNamespace
+
+    from rfdetr.train.plots import RunPlots
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name))
+    plots = RunPlots(tmp_path, SimpleNamespace(class_names=["a"], train_set=None, val_set=None), enabled=True)
+    plots.labels()
+    assert not plots.charts and not (tmp_path / "labels.png").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "pip install matplotlib" in warnings[0] and "--plots 0" in warnings[0]
