@@ -153,7 +153,8 @@ class TrainingMethods:
 
     def train(self, **kwargs: Any) -> TrainingRun:
         """Train this model on a dataset, as ``train_detector_stage1.py`` (detection presets) or
-        ``train_seg_single_stage.py`` (segmentation presets) would with the same settings.
+        ``train_seg_single_stage.py`` (segmentation presets, or a detection preset given ``mask_head=``: detector and
+        mask head trained together) would with the same settings.
 
         The run starts from this model's weights file (``pretrain_weights``; none: random initialisation) and from
         its resolution and device unless given.
@@ -172,7 +173,9 @@ class TrainingMethods:
             ValueError, FileNotFoundError: bad settings, dataset or weights (one-line messages).
         """
         segmentation = bool(getattr(self.model_config, "segmentation_head", False))  # type: ignore[attr-defined]
-        mode = "single_stage" if segmentation else "stage1"
+        # A mask head asked of a detection preset: detector and masks trained together, as
+        # ``train_seg_single_stage.py --size nano --mask_head nano`` does.
+        mode = "single_stage" if segmentation or "mask_head" in kwargs else "stage1"
         fixed = {"size": self.size, "pretrained": str(self.weights_path) if self.weights_path else "none"}
         run = run_mode(mode, fixed, self._with_model_defaults(kwargs), f"{type(self).__name__}.train")
         self._reload(run, masks=None)

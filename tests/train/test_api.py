@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train_detector_stage1
+import train_seg_single_stage
 import train_seg_stage2
 from rfdetr import evaluate as evaluate_cli
 from rfdetr.checkpoint import load_checkpoint_file
@@ -111,3 +112,15 @@ def test_unknown_argument_lists_the_valid_names(tmp_path: Path) -> None:
         model.train(dataset_dir=tmp_path, learning_rate=1e-3)
     with pytest.raises(ValueError, match="no weights file to freeze"):
         model.train_masks(dataset_dir=tmp_path)
+
+
+def test_train_with_a_mask_head_is_single_stage(four_images: Path, tmp_path: Path) -> None:
+    """A detection preset given ``mask_head=`` trains detector and masks together, as the single-stage script."""
+    argv = [*SCRIPT_SETTINGS, "--epochs", "1", "--pretrained", "none", "--mask_head", "nano", "--dataset",
+            str(four_images), "--output", str(tmp_path / "script")]
+    assert train_seg_single_stage.main(train_seg_single_stage.get_args_parser().parse_args(argv)) == 0
+    model = RFDETRTiny(pretrain_weights=False, resolution=64, device="cpu")
+    run = model.train(dataset_dir=four_images, output_dir=tmp_path / "python", mask_head="nano",
+                      **{**PYTHON_SETTINGS, "epochs": 1})
+    assert run.mode == "single_stage" and model.masks
+    _assert_same_run(_only_run(tmp_path / "script"), run.run_dir)
