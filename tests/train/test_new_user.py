@@ -133,10 +133,11 @@ def test_near_zero_hint_rule() -> None:
 # ------------------------------------------------------------------------------------------ point 4: disk use
 
 
-def distinct_bytes(folder: Path) -> int:
-    """Bytes the folder's files take, each stored file (inode) counted once, as ``du`` counts hard links."""
+def distinct_bytes(folder: Path, pattern: str = "*.pth") -> int:
+    """Bytes the folder's checkpoint files take, each stored file (inode) counted once, as ``du`` counts hard links
+    (the run folder's pictures and tables are not checkpoints)."""
     seen: dict[tuple[int, int], int] = {}
-    for path in folder.rglob("*"):
+    for path in folder.rglob(pattern):
         if path.is_file():
             stat = path.stat()
             seen[(stat.st_dev, stat.st_ino)] = stat.st_size

@@ -36,9 +36,10 @@ def jpeg(image: np.ndarray) -> bytes:
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
     """[3, H, W] ImageNet-normalised float -> RGB uint8 [H, W, 3]."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
-    pixels = (image.detach().float().cpu() * std + mean).clamp(0, 1)
+    pixels = image.detach().float().cpu()  # drawn on the CPU: the mean / std tensors are made there too
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=pixels.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=pixels.device)[:, None, None]
+    pixels = (pixels * std + mean).clamp(0, 1)
     return (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
