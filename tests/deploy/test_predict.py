@@ -190,8 +190,15 @@ def test_predictions_use_the_dataset_category_ids(
     expected = ids if ids is not None else [0, 1, 2]
     assert predictions["info"]["category_ids"] == ("dataset" if ids is not None else "class_index")
     assert [c["id"] for c in predictions["categories"]][:3] == expected
-    used = {a["category_id"] for a in predictions["annotations"]}
-    assert used and used <= set(expected) | {3}  # 3: the tiny model's extra logit, which no dataset class owns
+    # Each class's detections under its own id; the tiny model's spare logit (class 3), which no dataset class owns,
+    # under an id above the dataset's (never one of them).
+    spare = max(expected) + 1 if ids is not None else 3
+    detections = load_model(weights, "tiny", device="cpu").predict(np.asarray(read_rgb(strawberry_image)),
+                                                                    threshold=0.0)
+    per_class = np.bincount(detections.class_id, minlength=4)  # type: ignore[union-attr]
+    assert per_class[3] > 0  # the spare class is among them, so a collision would show
+    used = [a["category_id"] for a in predictions["annotations"]]
+    assert [used.count(c) for c in [*expected, spare]] == per_class.tolist() and len(used) == per_class.sum()
     if ids is not None:
         # The dataset's own ground truth (same image, one box per class, its ids) scores the predictions.
         gt = {"images": predictions["images"], "annotations": [

@@ -129,8 +129,16 @@ def detections_to_coco(detections: Detections, image_id: int, first_id: int = 1,
 
 
 def category_id(class_id: int, category_ids: list[int] | None) -> int:
-    """The dataset's category id of a class, or the class index where none is recorded for it."""
-    return category_ids[class_id] if category_ids is not None and class_id < len(category_ids) else class_id
+    """The dataset's category id of a class; the class index where the model records no ids.
+
+    A class beyond the recorded ones (the spare logit no dataset class owns) gets an id above all of the dataset's,
+    so that it never reads as one of the dataset's classes.
+    """
+    if category_ids is None:
+        return class_id
+    if class_id < len(category_ids):
+        return category_ids[class_id]
+    return max(category_ids) + 1 + class_id - len(category_ids)
 
 
 def _picture_path(output: Path, source: Path, used: set[str]) -> Path:
