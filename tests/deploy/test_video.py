@@ -327,11 +327,13 @@ def test_live_reading_keeps_the_newest_frame(clip: Path, tmp_path: Path) -> None
         for frame in reader:
             indices.append(frame.index)
             time.sleep(0.5)  # the thread reads the 11 other frames of the clip meanwhile
-    assert indices[0] == 0 and indices[-1] == 11 and len(indices) < 12
+    # The reading thread may be ahead before the first frame is asked for (a loaded host): the first yielded frame
+    # is then the newest one, not frame 0. What holds on any host: increasing, ending at the last, backlog dropped.
+    assert indices == sorted(set(indices)) and indices[-1] == 11 and len(indices) < 12
     assert reader.frames_read == 12 and not reader._thread.is_alive()
     with VideoReader(VideoSource(str(clip), "file"), live=True, stride=4, max_frames=2) as reader:
         first = [frame.index for frame in reader]
-    assert first[0] == 0 and len(first) == 2 and first[1] >= 4
+    assert len(first) == 2 and first[1] - first[0] >= 4  # at least the stride apart, whenever the first came
 
 
 def test_tracking_takes_one_detection_per_object() -> None:
