@@ -44,7 +44,7 @@ from rfdetr.deploy.export.formats import DEFAULT_INT8_IO
 from rfdetr.deploy.export.metadata import export_metadata
 from rfdetr.deploy.runtime.detections import Detections
 from rfdetr.deploy.runtime.evaluate import evaluate_predictor
-from rfdetr.deploy.runtime.optimize import ENGINES, cached_engine, default_cache_dir, pick_engine, trace_torch
+from rfdetr.deploy.runtime.optimize import ENGINES, optimize_model
 from rfdetr.deploy.runtime.processing import (  # noqa: F401 - _to_chw01 and ImageInput stay importable from here
     ImageInput,
     _to_chw01,
@@ -291,15 +291,20 @@ class RFDETR(TrainingMethods):
         calibration_images: int = 64,
         cache_dir: str | os.PathLike[str] | None = None,
         threads: int | None = None,
+        fallback: bool = False,
     ) -> nn.Module | ExportedModel:
         """Install a faster copy of the network that :meth:`predict` then uses (same pre- and post-processing).
 
         ``engine="torch"`` (rfdetr's behaviour): the single-group export graph cast to ``dtype`` and, with
         ``compile``, traced with ``torch.jit.trace`` at ``batch_size`` x 3 x R x R. ``"onnxruntime"``,
         ``"openvino"``, ``"tflite"``: the model exported once to that runtime (``int8``: full-integer, calibrated on
-        ``calibration``), the file cached beside the weights under a key of their hash and the settings, then run
-        there. ``"auto"``: on a CPU the fastest runtime installed (:data:`rfdetr.deploy.runtime.optimize.AUTO_ORDER`),
-        else PyTorch (said in one log line).
+        ``calibration``), the file cached beside the weights under a key of their hash and the settings (its export
+        time logged, its reuse said), then run there. ``"auto"``: on a CPU, every installed runtime (and PyTorch,
+        unless ``int8``) is built or reused and timed here at 1 x 3 x R x R, and the fastest installed; the decision
+        is cached in a JSON beside the files, keyed by the weights, the settings and this host (CPU model, its
+        bf16 / VNNI / AMX flags, ``threads``), so the next call neither exports nor measures. On a GPU, PyTorch.
+        ``python -m rfdetr.predict`` / ``rfdetr.evaluate --engine`` run this same code
+        (:func:`rfdetr.deploy.runtime.optimize.optimize_model`) and share its cache.
 
         Args:
             dtype: PyTorch engine: ``torch.float32`` or ``torch.bfloat16`` (``torch.float16`` on CUDA).
@@ -310,39 +315,40 @@ class RFDETR(TrainingMethods):
             calibration: runtime engines: calibration images (a dataset folder or a folder of images).
             calibration_images: how many to use.
             cache_dir: where exported files are cached (default: ``.rfdetr_optimized/`` beside the weights).
-            threads: the runtime's threads.
+            threads: the runtime's threads (and PyTorch's while ``auto`` times it).
+            fallback: a named engine whose packages are missing gives the PyTorch engine (float32, even with
+                ``int8``) and one warning line with the pip command, instead of ImportError (the command lines
+                use this).
 
         Returns:
             The installed module or :class:`~rfdetr.deploy.runtime.runner.ExportedModel`.
 
         Raises:
-            ValueError: bad dtype, batch size or engine; ``int8`` without calibration.
-            ImportError: a named engine's packages are missing (the message gives the pip command).
+            ValueError: bad dtype, batch size or engine; ``int8`` without calibration or with ``engine="torch"``.
+            ImportError: a named engine's packages are missing (the message gives the pip command), unless
+                ``fallback``.
         """
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chosen = pick_engine(engine, self.device)
-        self.remove_optimized_model()
-        if chosen is None:
-            if int8:
-                raise ValueError("int8 needs an export runtime (engine='onnxruntime', 'openvino' or 'tflite')")
-            module = trace_torch(self.model, self.masks, dtype, batch_size, self.resolution, self.device, compile)
-            self._optimized, self._optimized_dtype, self._optimized_batch = module, dtype, batch_size
-            return module
-        if int8 and calibration is None:
-            raise ValueError("int8 needs calibration images: calibration=DIR (a dataset folder or a folder of images)")
-        settings = {"resolution": self.resolution, "masks": self.masks, "batch": batch_size, "int8": int8,
-                    "calibration": str(calibration) if int8 else None, "calibration_images": calibration_images}
-        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(self.weights_path)
 
-        def export(where: Path, name: str) -> Path:
-            return self.export(where, format=ENGINES[chosen], batch_size=batch_size, file_name=name, int8=int8,
+        def export(engine: str, where: Path, name: str) -> Path:
+            return self.export(where, format=ENGINES[engine], batch_size=batch_size, file_name=name, int8=int8,
                                calibration=calibration, calibration_images=calibration_images)
 
-        self._engine = cached_engine(self.model, chosen, folder, settings, export, threads)
-        return self._engine
+        self.remove_optimized_model()
+        optimized = optimize_model(
+            self.model, engine, self.device, masks=self.masks, resolution=self.resolution, export=export,
+            weights_path=self.weights_path, dtype=dtype, batch_size=batch_size, compile=compile, int8=int8,
+            calibration=calibration, calibration_images=calibration_images, cache_dir=cache_dir, threads=threads,
+            fallback=fallback,
+        )
+        if isinstance(optimized, ExportedModel):
+            self._engine = optimized
+        else:
+            self._optimized, self._optimized_dtype, self._optimized_batch = optimized, dtype, batch_size
+        return optimized
 
     def remove_optimized_model(self) -> None:
         """Go back to the eager fp32 PyTorch model in :meth:`predict`."""

@@ -2,10 +2,13 @@
 
     python -m rfdetr.evaluate --weights runs/segmentation_nano_384_1/checkpoint_best_total.pth --dataset data/
     python -m rfdetr.evaluate --weights exported/inference_model.tflite --dataset data/ --split test
+    python -m rfdetr.evaluate --weights checkpoint.pth --dataset data/ --engine openvino --int8 --calibration data/
 
 Prints COCO's bbox (and, for models with masks, segm) summary with per-class APs and writes the same numbers as JSON
 (``--output``, default ``runs/evaluate/<weights name>_<split>.json``). The exported file runs in its own runtime through
 the same ``predict()`` as the PyTorch model (:mod:`rfdetr.deploy.runtime.evaluate`), so the two are directly comparable.
+``--engine`` runs a checkpoint in a runtime, exported once and cached as ``optimize_for_inference`` does
+(:mod:`rfdetr.deploy.runtime.engine_args`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from rfdetr.checkpoint import CheckpointError
 from rfdetr.checkpoint.weights import WeightsDownloadError
+from rfdetr.deploy.runtime.engine_args import EngineChoice, add_engine_args
 from rfdetr.deploy.runtime.evaluate import evaluate_predictor
 from rfdetr.predict import load_predictor
 from rfdetr.util.cli import HelpFormatter, run_command
@@ -35,12 +39,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, default=None, help="square input side (default: the model's)")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA when available)")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    add_engine_args(parser)
     return parser
 
 
 def run_evaluate(args: argparse.Namespace) -> dict:
     """Load ``args.weights``, evaluate, print and write the results; returns them."""
-    model = load_predictor(args.weights, args.size, args.resolution, args.device)
+    model = load_predictor(args.weights, args.size, args.resolution, args.device,
+                           engine=EngineChoice.from_args(args))
     results = evaluate_predictor(model, args.dataset, args.split, args.max_dets, progress=not args.no_progress)
     default = Path("runs/evaluate") / f"{Path(args.weights).name}_{args.split}.json"
     output = Path(args.output) if args.output else default

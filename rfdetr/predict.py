@@ -5,15 +5,17 @@
     python -m rfdetr.predict --weights model.onnx --source clip.mp4 --track --stride 2
     python -m rfdetr.predict --weights model.onnx --source 0 --show            # camera 0
     python -m rfdetr.predict --weights model.onnx --source rtsp://host:8554/cam --track --max_frames 3000
+    python -m rfdetr.predict --weights checkpoint.pth --source clip.mp4 --engine auto --int8 --calibration data/
 
 ``--source`` is an image, a video (.mp4 .avi .mov .mkv .webm ...), a folder (its images and videos), a glob, a camera
 index or a stream URL (rtsp, rtmp, http, https). Images: a picture each and one COCO ``predictions.json`` in
 ``--output`` (see :mod:`rfdetr.deploy.media.predict`). Videos, cameras and streams: an annotated ``<name>.mp4``, a
 ``<name>.jsonl`` with a line per processed frame and a ``<name>.summary.json`` with the per-stage speed (see
 :mod:`rfdetr.deploy.media.video`). ``--weights`` is a checkpoint (loaded as :class:`rfdetr.detr.RFDETR`) or an exported
-file (run in its own runtime by :mod:`rfdetr.deploy.runtime.runner`). Unreadable images are skipped, counted and logged;
-the run fails (exit code 2) when nothing could be read, a camera or stream cannot be opened, or the weights cannot be
-loaded.
+file (run in its own runtime by :mod:`rfdetr.deploy.runtime.runner`); ``--engine`` runs a checkpoint in a runtime
+instead, exported once and cached (:mod:`rfdetr.deploy.runtime.engine_args`). Unreadable images are skipped, counted
+and logged; the run fails (exit code 2) when nothing could be read, a camera or stream cannot be opened, or the weights
+cannot be loaded.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rfdetr.checkpoint.weights import WeightsDownloadError
 from rfdetr.deploy.export.formats import FORMATS
 from rfdetr.deploy.media.predict import Predictor, predict_images
 from rfdetr.deploy.media.sources import collect_sources
+from rfdetr.deploy.runtime.engine_args import EngineChoice, add_engine_args
 from rfdetr.deploy.runtime.runner import load
 from rfdetr.util.cli import HelpFormatter, run_command
 
@@ -40,14 +43,23 @@ def load_predictor(
     resolution: int | None = None,
     device: str | None = None,
     masks: bool | None = None,
+    engine: EngineChoice | None = None,
 ) -> Predictor:
     """An exported file (``.onnx``, ``.tflite``, ...) in its runtime (:func:`rfdetr.deploy.load`), anything else as
-    :class:`rfdetr.detr.RFDETR`."""
+    :class:`rfdetr.detr.RFDETR` running on ``engine`` (default: eager PyTorch).
+
+    Raises:
+        ValueError: engine flags an exported file cannot honour (:meth:`EngineChoice.check_exported`).
+    """
+    engine = engine if engine is not None else EngineChoice()
     if Path(weights).suffix.lower() in EXPORTED_SUFFIXES:
-        return load(weights)
+        engine.check_exported(weights)
+        return load(weights, engine.threads)
     from rfdetr.detr import load_model
 
-    return load_model(weights, size, resolution=resolution, device=device, masks=masks)
+    model = load_model(weights, size, resolution=resolution, device=device, masks=masks)
+    engine.apply(model)
+    return model
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -78,6 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "behind (default: always the newest frame, dropping those the model was too slow for)")
     video.add_argument("--save_frames", "--save-frames", action="store_true",
                        help="also write every processed frame as a PNG (<name>_frames/)")
+    add_engine_args(parser)
     return parser
 
 
@@ -87,12 +100,14 @@ def run_predict(args: argparse.Namespace) -> None:
         raise ValueError(f"--stride must be >= 1, got {args.stride}")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max_frames must be >= 1, got {args.max_frames}")
+    engine = EngineChoice.from_args(args)
     images, videos = collect_sources(args.source)
     if args.track and videos:
         from rfdetr.deploy.media.track import require_tracking
 
         require_tracking()  # before loading the model: a missing package is the first thing to say
-    model = load_predictor(args.weights, args.size, args.resolution, args.device, False if args.no_masks else None)
+    model = load_predictor(args.weights, args.size, args.resolution, args.device, False if args.no_masks else None,
+                           engine)
     out = Path(args.output)
     if images:
         summary = predict_images(model, images, out, args.threshold, progress=not args.no_progress)
