@@ -3,8 +3,8 @@
 Which runtime is fastest depends on the CPU (bf16 / AMX / VNNI, the cache sizes, the thread count), so ``auto``
 measures rather than follows an order: :func:`measure_ms` times a few forwards of each candidate at the model's input
 size, and the decision is written to a small JSON (:func:`decision_path`) keyed by the weights, the settings and
-:func:`host_key` (CPU model, the instruction-set flags the runtimes choose kernels by, thread count), so that a second
-call on the same host neither exports nor measures again.
+:func:`host_key` (CPU model, the instruction-set flags the runtimes choose kernels by, thread count) and the installed
+candidates, so that a second call on the same host neither exports nor measures again.
 """
 
 from __future__ import annotations
