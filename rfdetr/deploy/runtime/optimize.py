@@ -182,7 +182,8 @@ def _auto(model: nn.Module, settings: Mapping[str, Any], folder: Path, export: E
     candidates = [e for e in AUTO_ORDER if not missing[e]] + (["torch"] if build_torch is not None else [])
     absent = "; ".join(f"{e} not installed ({_install(e)})" for e in AUTO_ORDER if missing[e])
     if not [c for c in candidates if c != "torch"]:
-        logger.warning("engine auto: no export runtime is installed (%s); running PyTorch float32", absent)
+        logger.warning("engine auto: no export runtime is installed%s; running PyTorch float32",
+                       f" ({absent})" if absent else "")
         return None
     digest = state_digest(model)
     host = host_key(threads)
