@@ -8,16 +8,19 @@ import json
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rfdetr import evaluate as evaluate_cli
 from rfdetr import predict as predict_cli
 from rfdetr.data.image_io import read_rgb
 from rfdetr.deploy.media.predict import collect_images
+from rfdetr.deploy.runtime import auto as auto_module
 from rfdetr.deploy.runtime import optimize as optimize_module
 from rfdetr.deploy.runtime.runner import ExportedModel
 from rfdetr.detr import RFDETR, load_model
@@ -132,11 +135,12 @@ def test_auto_measures_once_and_picks_the_fastest(
     fake_ms = {"openvino": 7.0, "onnxruntime": 3.0, "torch": 5.0}
     timed: list[str] = []
 
-    def fake_measure(engine: str, forward: object, pixels: object, threads: object = None) -> float:
-        timed.append(engine)
-        return fake_ms[engine]
+    def fake_measure(forwards: dict[str, object], pixels: torch.Tensor, threads: int | None = None) -> dict:
+        assert list(pixels.shape) == [1, 3, 64, 64] and threads == 1 and all(map(callable, forwards.values()))
+        timed.extend(forwards)
+        return {name: fake_ms[name] for name in forwards}
 
-    monkeypatch.setattr(optimize_module, "measure_ms", fake_measure)
+    monkeypatch.setattr(optimize_module, "measure", fake_measure)
     argv = ["--weights", str(checkpoint), "--source", str(synthetic_dir / "test"), "--engine", "auto",
             "--threads", "1"]
     with caplog.at_level(logging.INFO, logger=LOGGER):
@@ -228,3 +232,22 @@ def test_bad_engine_flags_exit_2_with_one_line(
         predict_cli.get_args_parser().parse_args(["--weights", "w", "--source", "s", "--engine", "tensorrt"])
     assert exit_info.value.code == 2 and "invalid choice: 'tensorrt'" in capsys.readouterr().err
     assert exports == []
+
+
+def test_measure_times_every_candidate_in_interleaved_rounds() -> None:
+    order: list[str] = []
+
+    def forward(name: str, seconds: float) -> object:
+        def run(pixels: torch.Tensor) -> None:
+            order.append(name)
+            time.sleep(seconds)
+        return run
+
+    threads = torch.get_num_threads()
+    ms = auto_module.measure({"slow": forward("slow", 0.004), "fast": forward("fast", 0.0)}, torch.zeros(1), 3)
+    assert torch.get_num_threads() == threads  # restored
+    assert set(ms) == {"slow", "fast"} and ms["slow"] >= 4.0 > ms["fast"]  # sleep() sleeps at least that long
+    warmup = 2 * auto_module.WARMUP
+    assert order[:warmup] == ["slow"] * auto_module.WARMUP + ["fast"] * auto_module.WARMUP
+    rounds = order[warmup:]
+    assert len(rounds) == 2 * auto_module.REPEATS and rounds[:4] == ["slow", "fast", "fast", "slow"]  # rotated

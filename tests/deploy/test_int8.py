@@ -151,7 +151,7 @@ def test_optimize_auto_uses_a_cached_runtime_file(tmp_path: Path, caplog: pytest
         monkeypatch.setitem(sys.modules, package, None)
     # auto picks by measurement (tests/deploy/test_engine.py checks the pick); a fixed clock makes it openvino here.
     fake_ms = {"openvino": 1.0, "onnxruntime": 2.0, "torch": 3.0}
-    monkeypatch.setattr(optimize_module, "measure_ms", lambda engine, *args, **kwargs: fake_ms[engine])
+    monkeypatch.setattr(optimize_module, "measure", lambda forwards, *args: {e: fake_ms[e] for e in forwards})
     installed = [e for e in fake_ms if e == "torch" or not optimize_module.engine_missing(e)]
     with caplog.at_level(logging.INFO, logger="rfdetr.deploy.runtime.optimize"):
         engine = model.optimize_for_inference(engine="auto", cache_dir=tmp_path)

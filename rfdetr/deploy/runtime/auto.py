@@ -1,7 +1,7 @@
 """``engine="auto"``: time each candidate engine on this host, pick the fastest, and remember the pick.
 
 Which runtime is fastest depends on the CPU (bf16 / AMX / VNNI, the cache sizes, the thread count), so ``auto``
-measures rather than follows an order: :func:`measure_ms` times a few forwards of each candidate at the model's input
+measures rather than follows an order: :func:`measure` times a few forwards of each candidate at the model's input
 size, and the decision is written to a small JSON (:func:`decision_path`) keyed by the weights, the settings and
 :func:`host_key` (CPU model, the instruction-set flags the runtimes choose kernels by, thread count) and the installed
 candidates, so that a second call on the same host neither exports nor measures again.
@@ -24,7 +24,7 @@ import torch
 
 from rfdetr.util.run_dir import write_json_atomic
 
-__all__ = ["RELEVANT_CPU_FLAGS", "decision_path", "host_key", "measure_ms", "read_decision", "write_decision"]
+__all__ = ["RELEVANT_CPU_FLAGS", "decision_path", "host_key", "measure", "read_decision", "write_decision"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,9 @@ RELEVANT_CPU_FLAGS: tuple[str, ...] = (
     "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
     "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "asimd", "asimddp", "sve", "bf16", "i8mm",
 )
-# Warm-up forwards (first-call allocations, lazy kernel selection) and timed ones (the median is kept).
+# Warm-up forwards (first-call allocations, lazy kernel selection) and timed rounds (the median is kept).
 WARMUP = 2
-REPEATS = 5
+REPEATS = 7
 
 
 def _cpuinfo() -> tuple[str, list[str]]:
@@ -94,30 +94,33 @@ def write_decision(path: Path, engine: str, ms: Mapping[str, float], host: Mappi
                              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
-def measure_ms(engine: str, forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor,
-               threads: int | None = None) -> float:
-    """Median milliseconds of ``forward(pixels)`` after :data:`WARMUP` untimed calls, over :data:`REPEATS`.
+def measure(forwards: Mapping[str, Callable[[torch.Tensor], Any]], pixels: torch.Tensor,
+            threads: int | None = None) -> dict[str, float]:
+    """Median milliseconds of each candidate's ``forward(pixels)``: :data:`WARMUP` untimed calls each, then
+    :data:`REPEATS` rounds that time every candidate once, in a rotating order, so that a change in the host's load
+    (other processes, clock boost) falls on all of them alike instead of on whichever ran then.
 
     Args:
-        engine: the candidate's name (for the log line, and for tests that fake the clock per engine).
-        forward: the network's forward on normalised pixels [B, 3, R, R].
+        forwards: candidate name -> the network's forward on normalised pixels [B, 3, R, R].
         pixels: the input.
-        threads: PyTorch's threads while timing ``torch`` (restored after); runtimes get theirs at load.
+        threads: PyTorch's threads while timing (restored after; PyTorch's own candidate runs on them); runtimes
+            got theirs when loaded.
     """
     previous = torch.get_num_threads()
-    if engine == "torch" and threads is not None:
+    if threads is not None:
         torch.set_num_threads(threads)
+    names = list(forwards)
+    times: dict[str, list[float]] = {name: [] for name in names}
     try:
         with torch.inference_mode():
-            for _ in range(WARMUP):
-                forward(pixels)
-            times = []
-            for _ in range(REPEATS):
-                start = time.perf_counter()
-                forward(pixels)
-                times.append((time.perf_counter() - start) * 1000.0)
+            for name in names:
+                for _ in range(WARMUP):
+                    forwards[name](pixels)
+            for round_ in range(REPEATS):
+                for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                    start = time.perf_counter()
+                    forwards[name](pixels)
+                    times[name].append((time.perf_counter() - start) * 1000.0)
     finally:
         torch.set_num_threads(previous)
-    ms = statistics.median(times)
-    logger.debug("engine auto: %s %.1f ms (median of %d)", engine, ms, REPEATS)
-    return ms
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -27,7 +27,7 @@ from torch import nn
 from rfdetr.deploy.export.exporter import default_file_name
 from rfdetr.deploy.export.formats import FORMATS, MissingPackageError
 from rfdetr.deploy.export.graph import ExportForward
-from rfdetr.deploy.runtime.auto import decision_path, host_key, measure_ms, read_decision, write_decision
+from rfdetr.deploy.runtime.auto import REPEATS, decision_path, host_key, measure, read_decision, write_decision
 from rfdetr.deploy.runtime.runner import ExportedModel
 
 __all__ = [
@@ -198,26 +198,24 @@ def _auto(model: nn.Module, settings: Mapping[str, Any], folder: Path, export: E
     batch, resolution = int(settings["batch"]), int(settings["resolution"])
     pixels = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
     built: dict[str, nn.Module | ExportedModel] = {}
-    ms: dict[str, float] = {}
     for name in candidates:
         if name == "torch":
-            module = build_torch()  # type: ignore[misc]
-            built[name], ms[name] = module, measure_ms(name, module, pixels, threads)
+            built[name] = build_torch()  # type: ignore[misc]
             continue
         try:
-            runner = cached_engine(model, name, folder, settings,
-                                   lambda where, file, name=name: export(name, where, file), threads, digest)
+            built[name] = cached_engine(model, name, folder, settings,
+                                        lambda where, file, name=name: export(name, where, file), threads, digest)
         except (ImportError, ValueError, RuntimeError) as err:  # one runtime failing leaves the others to pick from
             logger.warning("engine auto: %s left out: %s", name, err)
-            continue
-        built[name], ms[name] = runner, measure_ms(name, runner.run, pixels, threads)
-    if not ms:
+    if not built:
         raise RuntimeError("engine auto: no candidate engine could be built (see the warnings above)")
+    forwards = {name: b.run if isinstance(b, ExportedModel) else b for name, b in built.items()}
+    ms = measure(forwards, pixels, threads)
     chosen = min(ms, key=lambda e: (ms[e], candidates.index(e)))
     write_decision(decision_file, chosen, ms, host, settings, list(pixels.shape))
-    logger.info("engine auto: picked %s, the fastest on this host (median forward at %s, threads %s: %s)%s; "
-                "decision cached in %s", chosen, "x".join(map(str, pixels.shape)), threads or "default", _times(ms),
-                f"; {absent}" if absent else "", decision_file)
+    logger.info("engine auto: picked %s, the fastest on this host (median of %d forwards at %s, threads %s: %s)%s; "
+                "decision cached in %s", chosen, REPEATS, "x".join(map(str, pixels.shape)), threads or "default",
+                _times(ms), f"; {absent}" if absent else "", decision_file)
     return built[chosen]
 
 
