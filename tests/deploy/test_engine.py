@@ -172,6 +172,8 @@ def test_auto_measures_once_and_picks_the_fastest(
     module = model.optimize_for_inference(engine="auto", threads=1)
     assert len(timed) == 6 and len(exports) == 2
     assert not isinstance(module, ExportedModel) and model._engine is None and model._optimized is module
+    # On a GPU, auto is PyTorch (the fast path there), with nothing measured.
+    assert optimize_module.pick_engine("auto", torch.device("cuda")) is None
 
 
 def test_missing_engine_falls_back_to_torch_in_one_line(
