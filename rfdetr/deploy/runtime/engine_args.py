@@ -27,8 +27,9 @@ __all__ = ["EngineChoice", "add_engine_args"]
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the ``engine`` argument group to a command's parser (read back with :meth:`EngineChoice.from_args`)."""
     group = parser.add_argument_group(
-        "engine (a checkpoint given as --weights; the exported file is built once and cached beside it in "
-        ".rfdetr_optimized/, keyed by the weights' hash and the settings)")
+        "engine", "for a checkpoint as --weights: its exported file is built once and cached beside it in "
+                  ".rfdetr_optimized/, keyed by the weights' hash and the settings (shared with "
+                  "optimize_for_inference)")
     group.add_argument(
         "--engine", choices=ENGINE_CHOICES, default=None,
         help="where the network runs: torch (default: the PyTorch model as loaded), a runtime, or auto: on a CPU "
@@ -36,11 +37,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
              "pick is cached too); on a GPU, PyTorch. A runtime that is not installed falls back to PyTorch")
     group.add_argument("--int8", action="store_true",
                        help="full-integer INT8 file calibrated on --calibration (needs a runtime --engine)")
-    group.add_argument("--calibration", default=None,
+    group.add_argument("--calibration", default=None, metavar="DIR",
                        help="with --int8: a dataset folder or a folder of images to calibrate on")
-    group.add_argument("--calibration_images", "--calibration-images", type=int, default=64,
+    group.add_argument("--calibration_images", "--calibration-images", type=int, default=64, metavar="N",
                        help="with --int8: how many calibration images to use")
-    group.add_argument("--threads", type=int, default=None,
+    group.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads of the runtime and of PyTorch (default: their own choice)")
     return group
 
