@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -151,10 +152,21 @@ class Exported:
         return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
 
-def split_variant(name: str) -> tuple[str, dict[str, bool]]:
-    """``"openvino-int8"`` -> ``("openvino", {"half": False, "int8": True})``."""
-    fmt = name.removesuffix("-fp16").removesuffix("-int8")
-    return fmt, {"half": name.endswith("-fp16"), "int8": name.endswith("-int8")}
+# Variant suffixes -> export keyword arguments. INT8 files take the exporter's default compute ("auto": their float
+# remainder in bf16 on CPUs with native bf16 when the report's check agrees); "-int8-f32" pins float32, "-bf16" is a
+# float32 file computed in bf16 (openvino).
+VARIANTS: dict[str, dict[str, object]] = {
+    "-int8-f32": {"int8": True, "compute": "float32"}, "-int8": {"int8": True}, "-fp16": {"half": True},
+    "-bf16": {"compute": "bfloat16"},
+}
+
+
+def split_variant(name: str) -> tuple[str, dict[str, object]]:
+    """``"openvino-int8"`` -> ``("openvino", {"int8": True})``; ``"onnx"`` -> ``("onnx", {})``."""
+    for suffix, kwargs in VARIANTS.items():
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), dict(kwargs)
+    return name, {}
 
 
 def export_all(model: object, formats: list[str], folder: Path, calibration: Path | None,
@@ -164,7 +176,7 @@ def export_all(model: object, formats: list[str], folder: Path, calibration: Pat
     out = []
     for name in formats:
         fmt, variant = split_variant(name)
-        extra = {"calibration": calibration, "calibration_images": calibration_images} if variant["int8"] else {}
+        extra = {"calibration": calibration, "calibration_images": calibration_images} if variant.get("int8") else {}
         start = time.perf_counter()
         try:
             path = model.export(folder / name, format=fmt, **variant, **extra)  # type: ignore[attr-defined]
@@ -238,26 +250,58 @@ def export_upstream(python: str, size: str, resolution: int, formats: list[str],
                      r.get("seconds", 0.0), r.get("error", "")) for f, r in result.items()]
 
 
+def _ratio(worker: Worker, reference: Worker | None) -> str:
+    """Median of the per-round ratios of ``worker``'s round medians to ``reference``'s, or ``-``."""
+    if reference is None:
+        return "-"
+    return f"{statistics.median(a / b for a, b in zip(worker.rounds, reference.rounds, strict=True)):.2f}x"
+
+
 def report(size: str, resolution: int, workers: list[Worker], files: dict[str, Exported], ours: Worker,
-           upstream: Worker | None, failed: list[Exported]) -> str:
+           upstream: Worker | None, failed: list[Exported], upstream_ir: Worker | None = None) -> str:
+    """The timing table; ``upstream_ir`` is rfdetr's OpenVINO file at the plugin's default precision (the issue's
+    reference: rfdetr's fastest file on a CPU), whose column ends with our fastest path's ratio."""
     lines = [f"{size} @ {resolution} (batch 1):",
-             f"  {'model':<24} {'median':>9} {'spread':>15} {'vs ours torch':>13} {'vs upstream torch':>17} "
-             f"{'size MB':>8} {'export s':>8}"]
+             f"  {'model':<26} {'median':>9} {'spread':>15} {'vs ours torch':>13} {'vs upstream torch':>17} "
+             f"{'vs upstream IR':>14} {'size MB':>8} {'export s':>8}"]
     for w in workers:
         med = statistics.median(w.times)
         spread = f"{min(w.rounds):.0f}-{max(w.rounds):.0f}"
-        vs_ours = statistics.median(a / b for a, b in zip(w.rounds, ours.rounds, strict=True))
-        vs_up = (f"{statistics.median(a / b for a, b in zip(w.rounds, upstream.rounds, strict=True)):.2f}x"
-                 if upstream is not None else "-")
         exported = files.get(w.name)
         size_mb = f"{exported.megabytes:.1f}" if exported else "-"
         export_s = f"{exported.seconds:.0f}" if exported else "-"
-        lines.append(f"  {w.name:<24} {med:7.1f}ms {spread:>12} ms {vs_ours:12.2f}x {vs_up:>17} {size_mb:>8} "
-                     f"{export_s:>8}")
+        lines.append(f"  {w.name:<26} {med:7.1f}ms {spread:>12} ms {_ratio(w, ours):>13} {_ratio(w, upstream):>17} "
+                     f"{_ratio(w, upstream_ir):>14} {size_mb:>8} {export_s:>8}")
     for e in failed:
-        lines.append(f"  {e.name:<24} not timed: {e.error}")
+        lines.append(f"  {e.name:<26} not timed: {e.error}")
     lines.append("  (ratios: median of the per-round ratios; spread: min-max of the per-round medians)")
+    if upstream_ir is not None:
+        mine = [w for w in workers if w.name.startswith("ours ")]
+        if mine:
+            best = min(mine, key=lambda w: statistics.median(w.times))
+            lines.append(f"  our fastest: {best.name}, {_ratio(best, upstream_ir)} of rfdetr's fastest file "
+                         f"({upstream_ir.name}, the CPU plugin's default precision)")
     return "\n".join(lines)
+
+
+def host_line() -> str:
+    """The CPU, its bf16 / AMX / VNNI flags and OpenVINO's default precision: what decides the fastest file."""
+    import platform
+
+    flags: set[str] = set()
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    marks = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if f in flags]
+    return (f"host: {name}, {os.cpu_count()} CPUs, flags {' '.join(marks) or 'unknown'}; OpenVINO CPU default "
+            f"precision {openvino_default_precision() or 'n/a (not installed)'}")
 
 
 def openvino_default_precision() -> str | None:
@@ -280,8 +324,10 @@ def available_formats() -> list[str]:
         if fmt.missing():
             continue
         out.append(name)
-        if name in ("tflite", "openvino"):
+        if fmt.half is not None:
             out.append(f"{name}-fp16")
+        if fmt.bf16 is not None:
+            out.append(f"{name}-bf16")
         if name in int8:
             out.append(f"{name}-int8")
     return out
@@ -324,6 +370,7 @@ def main(args: argparse.Namespace) -> int:
     formats = args.formats if args.formats is not None else available_formats()
     print(f"torch {torch.__version__}, {args.threads} threads, formats {formats}, {args.rounds} rounds x "
           f"{args.iters} runs per worker, one process per model")
+    print(host_line())
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_deploy_"))
     given_calibration = Path(args.calibration) if args.calibration else None
     try:
@@ -347,21 +394,23 @@ def main(args: argparse.Namespace) -> int:
                 workers.append(upstream)
             files = {e.name: e for e in exported if e.path is not None}
             default = openvino_default_precision()
+            upstream_ir = None
             for e in files.values():
                 impl = "ours" if e.name.startswith("ours") else "raw"
                 workers.append(Worker(e.name, sys.executable, {**base, "impl": impl, "path": str(e.path)},
                                       str(REPO), _WORKER))
-                # Our Session pins OpenVINO's f32 precision; the plugin's own default (bf16 on AMX / AVX512-BF16
-                # CPUs) is what rfdetr's file gets unless told otherwise. Time both files both ways.
-                if e.name in ("ours openvino", "upstream openvino") and default not in (None, "f32"):
-                    other = {"ours openvino": (f"ours openvino ({default})", ""),
-                             "upstream openvino": ("upstream openvino (f32)", "f32")}[e.name]
-                    workers.append(Worker(other[0], sys.executable, {**base, "impl": "raw", "path": str(e.path),
-                                                                     "precision": other[1]}, str(REPO), _WORKER))
+                if e.name == "upstream openvino":
+                    upstream_ir = workers[-1]
+                    # rfdetr's file runs at the plugin's default precision (bf16 on AMX / AVX512-BF16 CPUs); time it
+                    # in f32 too. Our files carry their own precision (openvino-bf16, openvino-int8's compute).
+                    if default not in (None, "f32"):
+                        workers.append(Worker("upstream openvino (f32)", sys.executable,
+                                              {**base, "impl": "raw", "path": str(e.path), "precision": "f32"},
+                                              str(REPO), _WORKER))
             not_started = measure(workers, args.rounds, args.iters, tolerant=True)
             failed = [e for e in exported if e.path is None]
             failed += [Exported(name, None, 0.0, f"runtime failed: {err}") for name, err in not_started.items()]
-            print(report(size, res, workers, files, ours, upstream, failed), flush=True)
+            print(report(size, res, workers, files, ours, upstream, failed, upstream_ir), flush=True)
         if args.weights:
             print(accuracy_block(args.weights, args.dataset, args.split, formats, root / "accuracy",
                                  given_calibration, args.calibration_images), flush=True)

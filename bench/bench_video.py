@@ -14,6 +14,9 @@ they all see the same load changes of a shared machine.
   an exported file through :func:`rfdetr.deploy.load`, :func:`rfdetr.deploy.media.visualize.render_detections`,
   ``cv2.VideoWriter`` (what ``python -m rfdetr.predict --source clip.mp4`` runs); the per-stage milliseconds of
   :class:`rfdetr.deploy.runtime.timing.StageTimer` are printed too.
+* ours loop (``--engine``, default ``auto`` with ``--int8``): the whole loop of ``python -m rfdetr.predict --source
+  clip.mp4 --engine auto --int8``, :func:`rfdetr.deploy.media.video.predict_video`, timed with its overlap of reading,
+  drawing and writing with the model (``overlap``) and without (``in turn``).
 * upstream (with ``--upstream-python``, a venv with rfdetr==1.11.2): ``sv.get_video_frames_generator``,
   ``RFDETRNano.predict``, supervision's mask, box and label annotators and ``sv.VideoSink``, as its docs show.
 
@@ -72,6 +75,23 @@ if impl == "upstream":
         stats["detections"] += len(dets)
     finish = lambda: sink.__exit__(None, None, None)
     timer = None
+elif impl == "loop":
+    # The whole `python -m rfdetr.predict --source clip.mp4 --engine ...` loop: predict_video on `chunk` frames per
+    # step (opening the clip and the MP4 each time: a small fixed cost against `chunk` forwards).
+    from rfdetr.deploy.media.sources import VideoSource
+    from rfdetr.deploy.media.video import predict_video
+    from rfdetr.detr import RFDETRNano
+    model = RFDETRNano(pretrain_weights=False, resolution=res, device="cpu")
+    if cfg["engine"] != "torch":
+        model.optimize_for_inference(engine=cfg["engine"], int8=cfg["int8"], calibration=cfg.get("calibration"),
+                                     calibration_images=cfg.get("calibration_images", 32), cache_dir=cfg["cache"],
+                                     threads=cfg["threads"])
+    timer = None
+    def step():
+        summary = predict_video(model, VideoSource(cfg["clip"], "file"), cfg["out"], threshold=threshold,
+                                max_frames=cfg["chunk"], progress=False, overlap=cfg["overlap"], name="loop")
+        stats["detections"] += summary.detections / cfg["chunk"]
+    finish = lambda: None
 else:
     import cv2
     from rfdetr.deploy.media.sources import VideoReader, VideoSource
@@ -123,9 +143,19 @@ finish()
 
 @dataclass
 class VideoWorker(Worker):
-    """A :class:`harness.Worker` that keeps its last answer (detections per frame, stage means)."""
+    """A :class:`harness.Worker` that keeps its last answer (detections per frame, stage means); a ``loop`` worker's
+    step is ``frames_per_step`` frames, and its times are divided back to per frame."""
 
     last: dict = field(default_factory=dict)
+    frames_per_step: int = 1
+
+    def time(self, n: int) -> list[float]:
+        times = [t / self.frames_per_step for t in super().time(n)]
+        if self.frames_per_step != 1:  # Worker.time appended the per-step values: keep the per-frame ones
+            del self.times[-n:]
+            self.times.extend(times)
+            self.rounds[-1] = statistics.median(times)
+        return times
 
     def _read(self) -> dict:
         answer = super()._read()
@@ -209,6 +239,35 @@ def report(workers: list[VideoWorker], upstream: VideoWorker | None) -> str:
     return "\n".join(lines)
 
 
+def loop_workers(args: argparse.Namespace, base: dict, root: Path) -> list[VideoWorker]:
+    """The whole predict loop with ``--engine`` (and ``--int8``), with and without overlap: the engine is built and
+    chosen here first (auto: every installed runtime exported and timed once), so that the workers reuse the cache."""
+    import logging
+
+    import torch
+
+    from rfdetr.detr import RFDETRNano
+
+    calibration = None
+    if args.int8:
+        calibration = synthetic_calibration(root / "loop_calibration", 384, CALIBRATION_IMAGES)
+    cache = root / "engine_cache"
+    logging.basicConfig(level=logging.WARNING, format="  %(message)s")
+    logging.getLogger("rfdetr.deploy.runtime.optimize").setLevel(logging.INFO)
+    torch.manual_seed(0)  # the workers build the same weights, so the same cache key
+    model = RFDETRNano(pretrain_weights=False, resolution=384, device="cpu")
+    model.optimize_for_inference(engine=args.engine, int8=args.int8, calibration=calibration,
+                                 calibration_images=CALIBRATION_IMAGES, cache_dir=cache, threads=args.threads)
+    chunk = max(args.iters, 8)
+    cfg = {**base, "impl": "loop", "engine": args.engine, "int8": args.int8, "cache": str(cache), "chunk": chunk,
+           "calibration": str(calibration) if calibration else None, "calibration_images": CALIBRATION_IMAGES}
+    label = f"ours loop {args.engine}{' int8' if args.int8 else ''}"
+    return [VideoWorker(f"{label} {'overlap' if overlap else 'in turn'}", sys.executable,
+                        {**cfg, "overlap": overlap, "out": str(root / f"loop_{overlap}")}, str(REPO), _WORKER,
+                        iters_scale=1 / chunk, frames_per_step=chunk)
+            for overlap in (True, False)]
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--formats", nargs="*", default=None,
@@ -222,6 +281,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--upstream-python", "--upstream_python", dest="upstream_python", default=None,
                         help="python of a venv with rfdetr==1.11.2 and supervision, timed in the same run")
+    parser.add_argument("--engine", default="auto",
+                        help="also time the whole predict loop (python -m rfdetr.predict --engine E) with and "
+                             "without overlap; '' to skip")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="the loop's engine in INT8 (calibrated on synthetic shapes)")
     return parser
 
 
@@ -248,6 +312,8 @@ def main(args: argparse.Namespace) -> int:
             workers.append(VideoWorker(f"ours {name}", sys.executable,
                                   {**base, "impl": "exported", "path": str(path), "out": str(root / f"{name}.mp4")},
                                   str(REPO), _WORKER))
+        if args.engine:
+            workers += loop_workers(args, base, root)
         upstream = None
         if not why_not_upstream:
             upstream = VideoWorker("upstream torch + sv", args.upstream_python,

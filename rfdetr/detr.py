@@ -377,6 +377,7 @@ class RFDETR(TrainingMethods):
         max_map_drop: float | None = None,
         int8_io: str = DEFAULT_INT8_IO,
         check_images: str | os.PathLike[str] | None = None,
+        compute: str = "auto",
     ) -> Path:
         """Export the model for deployment, in any format of :data:`rfdetr.deploy.export.formats.FORMATS`.
 
@@ -407,6 +408,10 @@ class RFDETR(TrainingMethods):
                 ``uint8`` (integer I/O for NPUs; tflite only; :func:`rfdetr.deploy.load` converts either way).
             check_images: a dataset folder or a folder of pictures on which the report checks the file's detections
                 against this model's (default: the calibration images, else one random input).
+            compute: precision of the float computation where the file sets it (openvino): ``float32``,
+                ``bfloat16`` (faster, less exact: bf16 on CPUs with native bf16, float32 elsewhere) or ``auto``
+                (bfloat16 for an INT8 file when this CPU has native bf16 and the report's check at bf16 agrees,
+                else float32). Not ``half``, which means float16 weights computed in float32.
 
         A report is written beside the file as ``<file>.report.json`` and logged (:mod:`rfdetr.deploy.export.report`):
         format, precision, size, latency, and whether the file's detections agree with this model's within the
@@ -427,7 +432,7 @@ class RFDETR(TrainingMethods):
         if max_map_drop is not None and dataset is None:
             raise ValueError("max_map_drop needs a dataset to measure the drop on (dataset=DIR, --dataset DIR)")
         path = export_model(self.model, output_dir, format, self.resolution, metadata, batch_size=batch_size,
-                            half=half, int8=int8, int8_io=int8_io, calibration=calibration,
+                            half=half, int8=int8, int8_io=int8_io, compute=compute, calibration=calibration,
                             calibration_images=calibration_images, check_images=check_images,
                             with_masks=self.masks, file_name=file_name, **options)
         if dataset is not None:

@@ -139,3 +139,84 @@ def test_int8_ir_is_quantized_and_runs(segmenter: RFDETR, strawberry_dir: Path, 
     assert exported.session.output_names == ["dets", "labels", "masks"] and exported.class_names == NAMES
     detections = exported.predict(image(), threshold=0.0)
     assert len(detections) == 20 and detections.mask is not None  # type: ignore[union-attr]
+
+
+def _compute_of(path: Path) -> str:
+    return read_metadata(path).get("compute", "float32")
+
+
+def test_compute_is_the_files_and_bf16_only_where_native(detector: RFDETR, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compute="bfloat16"`` is recorded in the IR and applied by the Session where the CPU has native bf16, float32
+    elsewhere; a float32 file never runs in bf16 (the plugin's own default on bf16 CPUs); the detections of a bf16
+    run stay within the stated bf16 bound of PyTorch's."""
+    from rfdetr.deploy.export.agreement import BF16_BOUND
+    from rfdetr.deploy.export.formats import openvino as ovm
+    from rfdetr.deploy.export.report import load_report
+
+    plain = detector.export(tmp_path, format="openvino", file_name="plain.xml")
+    fast = detector.export(tmp_path, format="openvino", file_name="fast.xml", compute="bfloat16")
+    assert _compute_of(plain) == "float32" and _compute_of(fast) == "bfloat16"
+    native = ovm.native_bf16()
+    assert ovm.Session(plain).compute == "float32"
+    assert ovm.Session(fast).compute == ("bfloat16" if native else "float32")
+    assert ovm.Session(fast, compute="float32").compute == "float32"
+    report = load_report(fast)
+    assert report["compute"] == ("bfloat16" if native else "float32")
+    if native:
+        assert report["detections"]["bound"]["score"] == BF16_BOUND.score
+    # The tiny detector's top detections within the bf16 bounds (on a CPU without bf16 this is the float32 run).
+    # Boxes: bf16 keeps 8 significant bits (relative rounding 2^-9 per operation); through the box head's layers and
+    # the decoder's refinements 16 such roundings of a coordinate add up to 16 * 2^-9 = 3% of the image side.
+    side = detector.resolution
+    assert_same_detections(detector, load(fast), [image(seed=seed) for seed in range(2)],
+                           tol=DetectionTolerance(score=BF16_BOUND.score, box=16 * 2**-9 * side,
+                                                  mask_logit=BF16_BOUND.mask_logit))
+    monkeypatch.setattr(ovm, "native_bf16", lambda: False)
+    assert ovm.Session(fast).compute == "float32"
+    with pytest.raises(ValueError, match="compute 'fp8' is not one of float32, bfloat16"):
+        ovm.Session(fast, compute="fp8")
+
+
+def test_compute_option_is_checked(detector: RFDETR, tmp_path: Path) -> None:
+    """bfloat16 only where the file sets its precision (openvino); unknown values named."""
+    with pytest.raises(ValueError, match="not offered for onnx"):
+        detector.export(tmp_path, format="onnx", compute="bfloat16")
+    with pytest.raises(ValueError, match="compute must be one of"):
+        detector.export(tmp_path, format="openvino", compute="half")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_int8_auto_compute_follows_the_host_and_the_check(native: bool, detector: RFDETR, strawberry_dir: Path,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """INT8 with ``compute="auto"``: bfloat16 on a bf16 CPU, float32 on others; and where the report's check at bf16
+    fails, the file is rewritten to float32 and checked again (what the report then says)."""
+    from rfdetr.deploy.export import exporter
+    from rfdetr.deploy.export.formats import openvino as ovm
+    from rfdetr.deploy.export.report import load_report
+
+    monkeypatch.setattr(ovm, "native_bf16", lambda: native)
+    kwargs = {"format": "openvino", "int8": True, "calibration": strawberry_dir, "calibration_images": 2}
+    path = detector.export(tmp_path / "auto", **kwargs)
+    assert _compute_of(path) == ("bfloat16" if native else "float32")
+    assert load_report(path)["compute"] == _compute_of(path)
+    pinned = detector.export(tmp_path / "pinned", compute="float32", **kwargs)
+    assert _compute_of(pinned) == "float32"
+    if not native:
+        return
+    build = exporter.build_report
+    seen: list[str] = []
+
+    def failing_at_bf16(path: Path, *args: object, **kw: object) -> dict:
+        report = build(path, *args, **kw)
+        seen.append(report["compute"])
+        if report["compute"] == "bfloat16":
+            report["detections"]["meets"] = False
+        return report
+
+    monkeypatch.setattr(exporter, "build_report", failing_at_bf16)
+    path = detector.export(tmp_path / "fallback", **kwargs)
+    assert seen == ["bfloat16", "float32"]
+    assert _compute_of(path) == "float32" and load_report(path)["compute"] == "float32"
+    assert ovm.Session(path).compute == "float32"

@@ -347,3 +347,42 @@ def test_tracking_takes_one_detection_per_object() -> None:
     kept = one_per_object(dets)
     assert kept.class_name == ["circle", "square"] and kept.confidence.tolist() == pytest.approx([0.6, 0.5])
     assert len(one_per_object(dets[:1])) == 1
+
+
+def test_overlap_writes_the_same_files_as_running_in_turn(stub: ShapeStub, clip: Path, tmp_path: Path) -> None:
+    """Reading ahead and writing behind the model (the default) changes nothing in the outputs: the same frames, in
+    the same order, in the video and the JSON Lines; every stage is still timed."""
+    from rfdetr.deploy.media.video import predict_video
+
+    source = VideoSource(str(clip), "file")
+    overlapped = predict_video(stub, source, tmp_path / "a", progress=False, overlap=True)
+    in_turn = predict_video(stub, source, tmp_path / "b", progress=False, overlap=False)
+    assert overlapped.frames_processed == in_turn.frames_processed == 12
+    assert _lines(tmp_path / "a" / "clip.jsonl") == _lines(tmp_path / "b" / "clip.jsonl")
+    frames_a, frames_b = _read_video(tmp_path / "a" / "clip.mp4")[0], _read_video(tmp_path / "b" / "clip.mp4")[0]
+    assert len(frames_a) == len(frames_b) == 12
+    for a, b in zip(frames_a, frames_b, strict=True):
+        np.testing.assert_array_equal(a, b)  # the same pictures through the same encoder: bit for bit
+    assert set(overlapped.speed_ms) == set(in_turn.speed_ms) >= {"read", "forward", "draw", "write"}
+
+
+def test_overlap_reports_a_failed_write(stub: ShapeStub, clip: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails in the writing thread stops the run with its own error (not lost in the thread), and the
+    frames written before it are kept in complete files."""
+    from rfdetr.deploy.media import video as video_module
+
+    write = video_module._VideoFile.write
+    calls = {"n": 0}
+
+    def fail_on_the_fourth(self: object, rgb: np.ndarray) -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError("disk full (test)")
+        write(self, rgb)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(video_module._VideoFile, "write", fail_on_the_fourth)
+    with pytest.raises(OSError, match="disk full"):
+        video_module.predict_video(stub, VideoSource(str(clip), "file"), tmp_path / "out", progress=False)
+    assert len(_read_video(tmp_path / "out" / "clip.mp4")[0]) == 3 == len(_lines(tmp_path / "out" / "clip.jsonl"))
+    assert stub.calls <= 12

@@ -20,7 +20,7 @@ from torchvision.ops import box_convert, box_iou
 
 from rfdetr.deploy.export.formats import ExportFormat
 
-__all__ = ["FLOAT_BOUNDS", "DetectionBound", "compare_detections", "merge", "stated_bound"]
+__all__ = ["BF16_BOUND", "FLOAT_BOUNDS", "DetectionBound", "compare_detections", "merge", "stated_bound"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,12 @@ FLOAT_BOUNDS: dict[str, DetectionBound] = {
     "float32": DetectionBound(score=1e-3, box_iou=0.99, mask_iou=0.98, mask_logit=0.1),
     "float16": DetectionBound(score=1e-2, box_iou=0.98, mask_iou=0.95, mask_logit=0.5),
 }
+# Float files computed in bfloat16 (``compute="bfloat16"``): bf16 keeps 8 significant bits against float16's 11, so
+# rounding is 8x float16's, and it applies to every activation rather than only the weights: 8x the float16 score
+# bound, and box / mask bounds as loose as INT8's, whose errors are of the same size (2^-8 of a tensor's range).
+# INT8 files whose float remainder runs in bf16 keep their INT8 bound: the int8 rounding of the products' inputs
+# dominates, and the auto choice (exporter) falls back to float32 where the bound is not met.
+BF16_BOUND = DetectionBound(score=8e-2, box_iou=0.8, mask_iou=0.8, mask_logit=4.0)
 # INT8 boxes and masks: IoU >= 0.8 (measured >= 0.93 for boxes on every host seen); mask pixels compared where the
 # float32 logit is beyond 4 (INT8 flips pixels only where |logit| <= 2.44 on the demo model). The score bound is the
 # format's own (the registry's ``Int8Export.score_tolerance``).
@@ -57,8 +63,11 @@ INT8_MASK_IOU = 0.8
 INT8_MASK_LOGIT = 4.0
 
 
-def stated_bound(fmt: ExportFormat, precision: str) -> DetectionBound:
-    """The bound ``fmt`` states for files of ``precision`` (``float32``, ``float16`` or ``int8``)."""
+def stated_bound(fmt: ExportFormat, precision: str, compute: str | None = None) -> DetectionBound:
+    """The bound ``fmt`` states for files of ``precision`` (``float32``, ``float16`` or ``int8``) whose float parts
+    ran in ``compute`` (``bfloat16``: :data:`BF16_BOUND` for float files; INT8 files keep the format's INT8 bound)."""
+    if compute == "bfloat16" and precision != "int8":
+        return BF16_BOUND
     if precision == "int8":
         if fmt.int8 is None:
             raise ValueError(f"{fmt.name} has no INT8 files")

@@ -16,7 +16,14 @@ from rfdetr.deploy.export.calibration import calibration_arrays, calibration_fil
 from rfdetr.deploy.export.formats import get_format, int8_formats, integer_io_formats, load_format
 from rfdetr.deploy.export.graph import prepare_export
 from rfdetr.deploy.export.int8 import DEFAULT_INT8_IO, INT8_IO
-from rfdetr.deploy.export.report import build_report, format_report, load_report, remove_export, write_report
+from rfdetr.deploy.export.report import (
+    build_report,
+    format_report,
+    load_report,
+    remove_export,
+    verdict,
+    write_report,
+)
 from rfdetr.deploy.runtime.evaluate import evaluate_predictor
 from rfdetr.deploy.runtime.runner import ExportedModel
 from rfdetr.util.atomic import temp_path_for
@@ -57,6 +64,7 @@ def export_model(
     half: bool = False,
     int8: bool = False,
     int8_io: str = DEFAULT_INT8_IO,
+    compute: str = "auto",
     calibration: str | os.PathLike[str] | None = None,
     calibration_images: int = 64,
     check_images: str | os.PathLike[str] | None = None,
@@ -79,6 +87,11 @@ def export_model(
         int8: full-integer INT8 (weights and activations), calibrated on ``calibration``.
         int8_io: type of an INT8 file's input and outputs, one of :data:`rfdetr.deploy.export.formats.INT8_IO`; integer
             types only for formats that offer them (tflite).
+        compute: precision of the float computation, for formats whose file sets it (``ExportFormat.bf16``:
+            openvino): ``float32``; ``bfloat16`` (faster, less exact: the float parts in bf16 on CPUs with native
+            bf16, float32 elsewhere); ``auto``: bfloat16 for an INT8 file when this CPU has native bf16 and the
+            report's detection check at bf16 agrees (else the file is rewritten to float32 and checked again),
+            float32 otherwise. Other formats take only ``auto`` or ``float32``.
         calibration: a dataset folder or a folder of images, preprocessed as ``predict()`` does; needed with
             ``int8``, and without it the report compares outputs on one random input.
         calibration_images: how many calibration images to use.
@@ -112,6 +125,7 @@ def export_model(
     if int8 and calibration is None:
         raise ValueError("int8 needs calibration images: pass calibration=DIR (--calibration DIR), a dataset folder "
                          "or a folder of the images the model will see")
+    fmt.check_compute(compute)
     fmt.require(int8=int8)
     module_ = load_format(fmt)
     precision = "int8" if int8 else "float16" if half else "float32"
@@ -126,6 +140,10 @@ def export_model(
         checks = calibration_arrays(calibration_files(check_images, calibration_images), resolution, mean, std)
     module, example = prepare_export(model, resolution, batch_size, with_masks)
     entries = {**metadata, "format": format, "precision": precision}
+    auto_bf16 = False
+    if fmt.bf16 is not None:
+        auto_bf16 = compute == "auto" and int8 and module_.native_bf16()
+        entries["compute"] = "bfloat16" if compute == "bfloat16" or auto_bf16 else "float32"
     path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -153,8 +171,16 @@ def export_model(
         else:
             inputs, compared_on = [example[:1].numpy()], "1 random input"
         num_select = int(metadata.get("num_select", 300))
-        write_report(path, build_report(path, fmt, precision, module, inputs, seconds, batch_size,
-                                        num_select=num_select, compared_on=compared_on))
+        built = build_report(path, fmt, precision, module, inputs, seconds, batch_size, num_select=num_select,
+                             compared_on=compared_on)
+        if auto_bf16 and built["detections"]["meets"] is False:
+            # bf16 for the float remainder only where the check agrees: else the file computes in float32.
+            logger.warning("%s: with its float parts in bfloat16 the file does not meet the %s int8 tolerance "
+                           "(%s); it computes in float32 instead", path, format, verdict(built))
+            module_.set_compute(path, "float32")
+            built = build_report(path, fmt, precision, module, inputs, seconds, batch_size, num_select=num_select,
+                                 compared_on=compared_on)
+        write_report(path, built)
     return path
 
 

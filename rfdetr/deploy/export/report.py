@@ -82,7 +82,9 @@ def build_report(path: Path, fmt: ExportFormat, precision: str, module: nn.Modul
     """
     session = load_format(fmt).Session(path)
     diffs = dict.fromkeys(OUTPUTS[: 3 if module.with_masks else 2], 0.0)
-    bound = stated_bound(fmt, precision)
+    # The precision the float parts ran at here (formats whose file sets it), which the bound and the verdict are for.
+    compute = getattr(session, "compute", None)
+    bound = stated_bound(fmt, precision, compute)
     agreement = []
     for array in inputs:
         feed = np.repeat(array, batch_size, axis=0)
@@ -102,7 +104,8 @@ def build_report(path: Path, fmt: ExportFormat, precision: str, module: nn.Modul
         session.run(feed)
         times.append((time.perf_counter() - start) * 1000)
     return {
-        "file": str(path), "format": fmt.name, "precision": precision, "size_mb": round(_size_mb(path), 3),
+        "file": str(path), "format": fmt.name, "precision": precision,
+        **({"compute": compute} if compute is not None else {}), "size_mb": round(_size_mb(path), 3),
         "export_seconds": round(export_seconds, 1),
         "latency_ms": {"median": round(statistics.median(times), 2), "runs": latency_runs, "batch": batch_size,
                        "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {platform.processor()}"},
@@ -125,7 +128,7 @@ def write_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Pat
 def format_report(report: Mapping[str, Any]) -> str:
     """One readable paragraph of a report."""
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in report["max_abs_diff_vs_pytorch_float32"].items())
-    text = (f"{report['file']}: {report['format']} {report['precision']}, {report['size_mb']:.1f} MB, "
+    text = (f"{report['file']}: {report['format']} {_precision(report)}, {report['size_mb']:.1f} MB, "
             f"{report['latency_ms']['median']:.1f} ms per batch of {report['latency_ms']['batch']} here; "
             f"{verdict(report)}; raw outputs slot by slot (near-tied proposals may trade slots, no verdict): max "
             f"|diff| {diffs}")
@@ -136,6 +139,12 @@ def format_report(report: Mapping[str, Any]) -> str:
                  for t in acc["exported"]]
         text += f"; on {acc['dataset']} {acc['split']}: " + ", ".join(parts)
     return text
+
+
+def _precision(report: Mapping[str, Any]) -> str:
+    """``int8``, or ``int8 (float parts in bfloat16 here)`` for a file whose float computation ran in bf16."""
+    compute = report.get("compute")
+    return report["precision"] + (f" (float parts in {compute} here)" if compute == "bfloat16" else "")
 
 
 def verdict(report: Mapping[str, Any]) -> str:
@@ -153,9 +162,9 @@ def verdict(report: Mapping[str, Any]) -> str:
     if det["min_mask_iou"] is not None:
         numbers.append(f"mask IoU {det['min_mask_iou']} (>= {bound['mask_iou']})")
     if det["meets"]:
-        return f"MEETS the {report['format']} {report['precision']} tolerance: {det['compared']} {where}, " + \
+        return f"MEETS the {report['format']} {_precision(report)} tolerance: {det['compared']} {where}, " + \
             ", ".join(numbers)
-    return (f"DOES NOT MEET the {report['format']} {report['precision']} tolerance: of {det['compared']} {where}, "
+    return (f"DOES NOT MEET the {report['format']} {_precision(report)} tolerance: of {det['compared']} {where}, "
             f"{det['missing']} missing or off, {det['extra']} extra; " + ", ".join(numbers))
 
 

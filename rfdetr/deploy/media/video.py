@@ -13,6 +13,13 @@ For each :class:`~rfdetr.deploy.media.sources.VideoSource`, :func:`predict_video
 
 The video and the JSON Lines are written to temporary files and moved into place when the source ends, drops, or the
 run is interrupted (Ctrl-C), so a file under its final name is always complete.
+
+With ``overlap`` (the default) the stages around the model run beside it, in two threads: the next frame of a file is
+decoded while the model runs on this one (live sources are already read in their own thread), and each processed
+frame is drawn and written while the model runs on the next. OpenCV and NumPy release the GIL in that work, and the
+model's runtime waits on memory for part of its forward, so the frame rate rises even when the model uses every core
+(``bench/bench_video.py`` measures both ways). The outputs are the same frames in the same order; the summary's
+``speed_ms`` then times each stage in its own thread, so the stages add up to more than the time per frame.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,7 +44,7 @@ from tqdm import tqdm
 
 from rfdetr.data.masks import encode_masks
 from rfdetr.deploy.media.predict import Predictor
-from rfdetr.deploy.media.sources import SourceError, VideoReader, VideoSource
+from rfdetr.deploy.media.sources import Frame, SourceError, VideoReader, VideoSource
 from rfdetr.deploy.media.visualize import render_detections
 from rfdetr.deploy.runtime.detections import Detections
 from rfdetr.deploy.runtime.timing import StageTimer
@@ -228,6 +238,7 @@ def predict_video(
     progress: bool = True,
     name: str | None = None,
     buffer: bool = False,
+    overlap: bool = True,
 ) -> VideoSummary:
     """Predict every ``stride``-th frame of one source and write its video, JSON Lines and summary.
 
@@ -246,6 +257,8 @@ def predict_video(
         name: stem of the output files (default: the source's name).
         buffer: for a live source (camera, rtsp ...), process every frame even when slower than the source; by
             default a live source is read in a thread and only its newest frame is processed.
+        overlap: read the next frame and draw / write the previous one in threads beside the model (see the module
+            docstring); ``False`` runs every stage in turn. Shown frames (``display``) are drawn in this thread.
 
     Returns:
         A :class:`VideoSummary`.
@@ -283,12 +296,49 @@ def predict_video(
     video = _VideoFile(Path(summary.video), fps, reader.width, reader.height)
     lines = _LinesFile(Path(summary.jsonl))
     bar = tqdm(total=total, desc=name, unit="frame", disable=not progress)
+    showing = display is not None and display.enabled
+
+    def draw(frame: Frame, detections: Detections) -> np.ndarray:
+        with timer.stage("draw"):
+            return render_detections(frame.image, detections)
+
+    failed = threading.Event()
+
+    def write(frame: Frame, detections: Detections, picture: np.ndarray | None) -> None:
+        if failed.is_set():
+            return  # after a failed write no later frame is written: the files end at the last complete frame
+        try:
+            if picture is None:
+                picture = draw(frame, detections)
+            with timer.stage("write"):
+                video.write(picture)
+                lines.write(frame_record(frame.index, frame.timestamp, detections))
+                if frames_dir is not None:
+                    cv2.imwrite(str(frames_dir / f"{frame.index:06d}.png"),
+                                cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        except BaseException:
+            failed.set()
+            raise
+
+    # One thread each: frames are read and written in order. A live reader has its own thread already.
+    reading = ThreadPoolExecutor(1, "rfdetr-read") if overlap and not reader.live else None
+    writing = ThreadPoolExecutor(1, "rfdetr-write") if overlap else None
+    written: deque[Future[None]] = deque()
     start = time.perf_counter()
     try:
         frames = iter(reader)
-        while True:
+
+        def read() -> Frame | None:
             with timer.stage("read"):
-                frame = next(frames, None)
+                return next(frames, None)
+
+        ahead = reading.submit(read) if reading is not None else None
+        while True:
+            if ahead is not None and reading is not None:
+                frame = ahead.result()
+                ahead = reading.submit(read) if frame is not None else None
+            else:
+                frame = read()
             if frame is None:
                 break
             detections = model.predict(frame.image, threshold=threshold, timer=timer)
@@ -296,27 +346,36 @@ def predict_video(
             if tracker is not None:
                 with timer.stage("track"):
                     detections = tracker.update(detections)
-            with timer.stage("draw"):
-                picture = render_detections(frame.image, detections)
-            with timer.stage("write"):
-                video.write(picture)
-                lines.write(frame_record(frame.index, frame.timestamp, detections))
-                if frames_dir is not None:
-                    cv2.imwrite(str(frames_dir / f"{frame.index:06d}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            picture = draw(frame, detections) if showing or writing is None else None
+            if writing is not None:
+                written.append(writing.submit(write, frame, detections, picture))
+                # At most two frames wait to be written (memory stays flat when writing is the slow lane); a
+                # failed write stops the loop here with its own error.
+                while len(written) > 2 or written and written[0].done():
+                    written.popleft().result()
+            else:
+                write(frame, detections, picture)
             summary.frames_processed += 1
             summary.detections += len(detections)
             bar.update()
-            if display is not None and not display.show(picture):
+            if showing and picture is not None and display is not None and not display.show(picture):
                 summary.ended = "quit"
                 break
     except KeyboardInterrupt:
         summary.ended = "interrupted"
     finally:
         bar.close()
+        # Frames already handed to the writer are written before the files are closed.
+        if writing is not None:
+            writing.shutdown(wait=True)
+        if reading is not None:
+            reading.shutdown(wait=True, cancel_futures=True)
         reader.close()
         # Whatever ended the loop, the files written so far become complete files under their final names.
         video.close()
         lines.close()
+    for future in written:
+        future.result()  # a write that failed after the last check raises here
     summary.seconds = time.perf_counter() - start
     summary.frames_read = reader.frames_read
     if summary.ended == "end":

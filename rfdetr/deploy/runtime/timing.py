@@ -7,6 +7,7 @@ around them. Without a timer the pipeline pays nothing but a ``nullcontext``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -29,6 +30,7 @@ class StageTimer:
     def __init__(self) -> None:
         self.total_ms: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()  # the video loop times its stages from several threads
 
     @contextmanager
     def stage(self, name: str, device: torch.device | str | None = None) -> Iterator[None]:
@@ -44,8 +46,9 @@ class StageTimer:
 
     def add(self, name: str, ms: float) -> None:
         """Record one call of ``name`` that took ``ms`` milliseconds."""
-        self.total_ms[name] = self.total_ms.get(name, 0.0) + ms
-        self.calls[name] = self.calls.get(name, 0) + 1
+        with self._lock:
+            self.total_ms[name] = self.total_ms.get(name, 0.0) + ms
+            self.calls[name] = self.calls.get(name, 0) + 1
 
     def mean_ms(self, per: int | None = None) -> dict[str, float]:
         """Average milliseconds per stage, known stages first in :data:`PIPELINE_STAGES` order.

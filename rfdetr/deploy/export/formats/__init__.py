@@ -33,10 +33,15 @@ from rfdetr.deploy.export.int8 import DEFAULT_INT8_IO, INT8_IO
 from rfdetr.util.optional import MissingPackageError, OptionalFeature
 
 __all__ = [
-    "DEFAULT_INT8_IO", "EXPORT_FORMATS", "FORMATS", "INT8_IO", "ExportFormat", "Int8Export",
+    "COMPUTE", "DEFAULT_INT8_IO", "EXPORT_FORMATS", "FORMATS", "INT8_IO", "ExportFormat", "Int8Export",
     "MissingPackageError", "format_for_file", "get_format", "half_formats", "int8_formats", "integer_io_formats",
     "load_format",
 ]
+
+
+# Precision of a file's float computation, for formats whose runtime takes it from the file (``ExportFormat.bf16``):
+# ``auto`` is bfloat16 for INT8 files exported on a CPU with native bf16 whose report check agrees, float32 otherwise.
+COMPUTE: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class ExportFormat(OptionalFeature):
         half: what ``half=True`` (``--half``) gives in this format, or None where it is not offered.
         no_half: why ``half`` is not offered (for the message), where it is not.
         int8: how the format makes full-integer INT8 files, or None.
+        bf16: what ``compute="bfloat16"`` gives in this format (its runtime runs the float parts in bfloat16 on CPUs
+            with native bf16), or None where the runtime's precision is not chosen by the file.
     """
 
     module: str = ""
@@ -85,6 +92,16 @@ class ExportFormat(OptionalFeature):
     half: str | None = None
     no_half: str = ""
     int8: Int8Export | None = None
+    bf16: str | None = None
+
+    def check_compute(self, compute: str) -> None:
+        """Raise ValueError for an unknown ``compute``, or bfloat16 asked of a format whose file cannot set it."""
+        if compute not in COMPUTE:
+            raise ValueError(f"compute must be one of {', '.join(COMPUTE)}, got {compute!r}")
+        if compute == "bfloat16" and self.bf16 is None:
+            offered = [f.name for f in FORMATS.values() if f.bf16 is not None]
+            raise ValueError(f"--compute bfloat16 is not offered for {self.name} (its runtime's precision is not set "
+                             f"by the file); formats that offer it: {', '.join(offered)}")
 
     def check_half(self, half: bool) -> None:
         """Raise ValueError when ``half`` is asked of a format that does not offer float16 weights."""
@@ -128,6 +145,8 @@ FORMATS: dict[str, ExportFormat] = {
             half="float16 weights in the .bin; the CPU plugin computes in float32",
             int8=Int8Export("file", "rfdetr.deploy.export.formats.openvino:quantize", packages=("nncf",),
                             score_tolerance=0.1),
+            bf16="the CPU plugin runs the float parts in bfloat16 where the CPU has native bf16 (AMX, AVX512-BF16), "
+                 "float32 elsewhere",
         ),
         ExportFormat(
             name="executorch", module="rfdetr.deploy.export.formats.executorch", suffix=".pte",

@@ -13,16 +13,26 @@ boxes, 3e-6 logits) and latency, but this one exports in 6 s against 9.5 s throu
   ``rfdetr/<key>`` (:data:`RT_INFO_ROOT`), so that the ``.xml`` describes itself like an ONNX file does.
 
 Weights are stored in float32 by default. ``half=True`` compresses them to float16 in the ``.bin`` (half the size);
-the CPU plugin decompresses them and still computes in float32 (:class:`Session` pins the f32 precision hint, because
-on CPUs with bf16 / AMX support the plugin would otherwise run bf16). float16 weights move logits by ~3e-3 on the
-tiny test models, enough to reorder near-tied proposals: on RFDETRNano (random weights, 384 px) 53 of the 300 top-k
-(query, class) pairs changed, which is why float32 is the default here (measured: max diff 0.0 boxes, 3e-6 logits).
+the CPU plugin decompresses them and still computes in float32.
+
+The precision of the float computation is the file's, recorded in its metadata as ``compute`` (:data:`COMPUTE_KEY`)
+and applied by :class:`Session` as the plugin's ``INFERENCE_PRECISION_HINT``: ``float32`` (the default), or
+``bfloat16`` where the CPU has native bf16 (AMX, AVX512-BF16; :func:`native_bf16`), float32 on other CPUs. Without a
+hint the plugin picks bf16 on such CPUs by itself, which is what rfdetr's files get. INT8 files exported with
+``compute="auto"`` on a bf16 CPU record bfloat16 when their report check agrees (the exporter decides), so what is
+left in float there (LayerNorm, softmax, GELU, grid sampling, the proposal heads) runs in bf16 beside the int8
+products: on seg-nano at 312 px (Zen 4, AVX512-BF16, 2 threads) 114.6 -> 97.6 ms.
+
+float16 weights move logits by ~3e-3 on the tiny test models, enough to reorder near-tied proposals: on RFDETRNano
+(random weights, 384 px) 53 of the 300 top-k (query, class) pairs changed, which is why float32 is the default here
+(measured: max diff 0.0 boxes, 3e-6 logits).
 
 ``openvino`` is an optional dependency (``pip install openvino``), imported only when exporting or running.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -39,13 +49,28 @@ from rfdetr.deploy.export.graph import INPUT_NAME, OUTPUT_NAMES, ExportForward
 from rfdetr.deploy.export.int8 import FLOAT_GROUPS
 from rfdetr.util.atomic import atomic_path
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "RT_INFO_ROOT", "Session", "export", "quantize", "read_metadata"]
+__all__ = [
+    "COMPUTE_KEY", "INPUT_NAME", "OUTPUT_NAMES", "RT_INFO_ROOT", "Session", "export", "native_bf16", "quantize",
+    "read_metadata", "set_compute",
+]
 
 logger = logging.getLogger(__name__)
 
 # rt_info section of our metadata: <rt_info><rfdetr><class_names value="..."/>...</rfdetr></rt_info> in the .xml.
 RT_INFO_ROOT = "rfdetr"
 FORMAT = FORMATS["openvino"]
+# Metadata entry with the file's float precision, "float32" or "bfloat16" (older files have none: float32).
+COMPUTE_KEY = "compute"
+_HINTS = {"float32": "f32", "bfloat16": "bf16"}
+
+
+@functools.lru_cache(maxsize=1)
+def native_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has native bfloat16 kernels on this CPU (AMX or AVX512-BF16)."""
+    FORMAT.require(for_running=True)
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
@@ -174,13 +199,18 @@ class Session:
     Args:
         path: the ``.xml`` file (its ``.bin`` beside it).
         threads: ``INFERENCE_NUM_THREADS`` (default: OpenVINO's choice, all cores).
+        compute: ``float32`` or ``bfloat16`` instead of the file's own ``compute`` entry. bfloat16 runs as float32
+            on a CPU without native bf16.
+
+    Attributes:
+        compute: the precision the float parts run at here (``float32`` or ``bfloat16``).
 
     Raises:
         ImportError: openvino is not installed.
         ValueError: the file cannot be read as an IR, or is not an RF-DETR export.
     """
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, compute: str | None = None) -> None:
         FORMAT.require(for_running=True)
         import openvino as ov
         core = ov.Core()
@@ -195,7 +225,12 @@ class Session:
         self.input_shape: tuple[int | None, int, int, int] = tuple(int(d) for d in shape.to_shape())  # type: ignore
         self.output_names = [output.get_any_name() for output in model.outputs]
         self.metadata: dict[str, str] = _rt_metadata(model)
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        wanted = compute or self.metadata.get(COMPUTE_KEY, "float32")
+        if wanted not in _HINTS:
+            raise ValueError(f"{os.fspath(path)}: compute {wanted!r} is not one of {', '.join(_HINTS)}")
+        # Always an explicit hint: without one the plugin would choose bf16 on its own on bf16 CPUs.
+        self.compute = wanted if wanted == "float32" or native_bf16() else "float32"
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[self.compute], "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, "CPU", config)
@@ -206,6 +241,23 @@ class Session:
         results = self.request.infer({0: np.ascontiguousarray(pixels, dtype=np.float32)})
         # infer() hands back views of the request's output buffers, which the next call overwrites: copy.
         return [np.array(results[output]) for output in self.compiled.outputs]
+
+
+def set_compute(path: str | os.PathLike[str], compute: str) -> Path:
+    """Rewrite an IR's ``compute`` metadata entry (``float32`` or ``bfloat16``), atomically with its ``.bin``.
+
+    Raises:
+        ImportError: openvino is not installed.
+        ValueError: an unknown ``compute``, or ``path`` cannot be read as an IR.
+    """
+    if compute not in _HINTS:
+        raise ValueError(f"compute must be one of {', '.join(_HINTS)}, got {compute!r}")
+    FORMAT.require(for_running=True)
+    import openvino as ov
+
+    model = _read_model(ov.Core(), path)
+    model.set_rt_info(compute, [RT_INFO_ROOT, COMPUTE_KEY])
+    return _save_atomically(ov, model, Path(path), half=False)
 
 
 def quantize(
