@@ -153,10 +153,11 @@ class Exported:
 
 
 # Variant suffixes -> export keyword arguments. INT8 files take the exporter's default compute ("auto": their float
-# remainder in bf16 on CPUs with native bf16 when the report's check agrees); "-int8-f32" pins float32, "-bf16" is a
-# float32 file computed in bf16 (openvino).
+# remainder in bf16 on CPUs with native bf16 when the report's check agrees); "-int8-f32" / "-int8-bf16" pin the
+# remainder's precision; "-bf16" is a float32 file computed in bf16 (openvino).
 VARIANTS: dict[str, dict[str, object]] = {
-    "-int8-f32": {"int8": True, "compute": "float32"}, "-int8": {"int8": True}, "-fp16": {"half": True},
+    "-int8-f32": {"int8": True, "compute": "float32"}, "-int8-bf16": {"int8": True, "compute": "bfloat16"},
+    "-int8": {"int8": True}, "-fp16": {"half": True},
     "-bf16": {"compute": "bfloat16"},
 }
 

@@ -220,3 +220,17 @@ def test_int8_auto_compute_follows_the_host_and_the_check(native: bool, detector
     assert seen == ["bfloat16", "float32"]
     assert _compute_of(path) == "float32" and load_report(path)["compute"] == "float32"
     assert ovm.Session(path).compute == "float32"
+
+    def failing_everywhere(path: Path, *args: object, **kw: object) -> dict:
+        report = build(path, *args, **kw)
+        seen.append(report["compute"])
+        report["detections"]["meets"] = False
+        return report
+
+    # float32 no better: the faster bf16 file stays, with the report of its own (failing) check.
+    seen.clear()
+    monkeypatch.setattr(exporter, "build_report", failing_everywhere)
+    path = detector.export(tmp_path / "both", **kwargs)
+    assert seen == ["bfloat16", "float32"]
+    assert _compute_of(path) == "bfloat16" and load_report(path)["compute"] == "bfloat16"
+    assert load_report(path)["detections"]["meets"] is False
