@@ -8,12 +8,16 @@
 For each preset (default nano at 384 and seg-nano at 312 px; random weights, batch 1, ``--threads`` threads) it exports
 our model to every format of the registry whose packages are installed (float32, float16 weights where the format offers
 them, and full-integer INT8 where it offers that: ``-int8``, calibrated on ``--calibration_images`` synthetic shapes
-images at the preset's resolution, or on ``--calibration DIR``), and with ``--upstream-python`` exports rfdetr 1.11.2's
+images at the preset's resolution, or on ``--calibration DIR``; openvino also ``-bf16``, a float32 file computed in
+bf16, and ``-int8-f32`` / ``-int8-bf16``, INT8 with its float remainder pinned, where ``-int8`` takes the exporter's
+``compute="auto"``: see :data:`VARIANTS`), and with ``--upstream-python`` exports rfdetr 1.11.2's
 model to the formats it also has (onnx, openvino, litert = tflite, executorch with the xnnpack backend) in its own
 interpreter. Then every model runs in its own long-lived worker process (:mod:`harness`), the workers taking turns
 ``--iters`` runs at a time in a rotating order for ``--rounds`` rounds. Printed per model: median ms, the spread
-(min-max of the per-round medians), the ratio to our PyTorch forward and to upstream's, the file size and the export
-time.
+(min-max of the per-round medians), the ratio to our PyTorch forward, to upstream's and to upstream's OpenVINO IR at
+the CPU plugin's default precision (rfdetr's fastest file on a CPU; bf16 on AMX / AVX512-BF16 CPUs), the file size and
+the export time; then our fastest file's ratio to that IR. A first line names the CPU, its bf16 / AMX / VNNI flags and
+OpenVINO's default precision there.
 
 Our files run through our runner's ``Session`` (what ``rfdetr.deploy.load`` uses); upstream's files run in the same
 runtimes with the plainest calls (:data:`_WORKER`'s ``raw`` path), input fixed to the export shape. The PyTorch

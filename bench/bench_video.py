@@ -258,7 +258,7 @@ def loop_workers(args: argparse.Namespace, base: dict, root: Path) -> list[Video
     model = RFDETRNano(pretrain_weights=False, resolution=384, device="cpu")
     model.optimize_for_inference(engine=args.engine, int8=args.int8, calibration=calibration,
                                  calibration_images=CALIBRATION_IMAGES, cache_dir=cache, threads=args.threads)
-    chunk = max(args.iters, 8)
+    chunk = args.chunk
     cfg = {**base, "impl": "loop", "engine": args.engine, "int8": args.int8, "cache": str(cache), "chunk": chunk,
            "calibration": str(calibration) if calibration else None, "calibration_images": CALIBRATION_IMAGES}
     label = f"ours loop {args.engine}{' int8' if args.int8 else ''}"
@@ -284,6 +284,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", default="auto",
                         help="also time the whole predict loop (python -m rfdetr.predict --engine E) with and "
                              "without overlap; '' to skip")
+    parser.add_argument("--chunk", type=int, default=20,
+                        help="frames per timed step of the whole-loop workers (each step opens the clip and the MP4)")
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                         help="the loop's engine in INT8 (calibrated on synthetic shapes)")
     return parser

@@ -364,6 +364,9 @@ def test_overlap_writes_the_same_files_as_running_in_turn(stub: ShapeStub, clip:
     for a, b in zip(frames_a, frames_b, strict=True):
         np.testing.assert_array_equal(a, b)  # the same pictures through the same encoder: bit for bit
     assert set(overlapped.speed_ms) == set(in_turn.speed_ms) >= {"read", "forward", "draw", "write"}
+    # The CLI's --overlap on gives the same files again.
+    assert _stub_run(clip, tmp_path / "c", "--overlap", "on") == 0
+    assert _lines(tmp_path / "c" / "clip.jsonl") == _lines(tmp_path / "b" / "clip.jsonl")
 
 
 def test_overlap_reports_a_failed_write(stub: ShapeStub, clip: Path, tmp_path: Path,
@@ -383,6 +386,7 @@ def test_overlap_reports_a_failed_write(stub: ShapeStub, clip: Path, tmp_path: P
 
     monkeypatch.setattr(video_module._VideoFile, "write", fail_on_the_fourth)
     with pytest.raises(OSError, match="disk full"):
-        video_module.predict_video(stub, VideoSource(str(clip), "file"), tmp_path / "out", progress=False)
+        video_module.predict_video(stub, VideoSource(str(clip), "file"), tmp_path / "out", progress=False,
+                                   overlap=True)
     assert len(_read_video(tmp_path / "out" / "clip.mp4")[0]) == 3 == len(_lines(tmp_path / "out" / "clip.jsonl"))
     assert stub.calls <= 12

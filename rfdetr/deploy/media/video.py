@@ -14,12 +14,14 @@ For each :class:`~rfdetr.deploy.media.sources.VideoSource`, :func:`predict_video
 The video and the JSON Lines are written to temporary files and moved into place when the source ends, drops, or the
 run is interrupted (Ctrl-C), so a file under its final name is always complete.
 
-With ``overlap`` (the default) the stages around the model run beside it, in two threads: the next frame of a file is
-decoded while the model runs on this one (live sources are already read in their own thread), and each processed
-frame is drawn and written while the model runs on the next. OpenCV and NumPy release the GIL in that work, and the
-model's runtime waits on memory for part of its forward, so the frame rate rises even when the model uses every core
-(``bench/bench_video.py`` measures both ways). The outputs are the same frames in the same order; the summary's
-``speed_ms`` then times each stage in its own thread, so the stages add up to more than the time per frame.
+With ``overlap`` the stages around the model run beside it, in two threads: the next frame of a file is decoded
+while the model runs on this one (live sources are already read in their own thread), and each processed frame is
+drawn and written while the model runs on the next. The outputs are the same frames in the same order; the summary's
+``speed_ms`` then times each stage in its own thread, so the stages add up to more than the time per frame. By default
+(``overlap=None``) it is on where the forward leaves the CPU free, a model on a GPU, and off on a CPU: measured on 2
+cores (Zen 4, ``bench/bench_video.py`` and the demo model) it gained nothing, because the forward already keeps both
+cores busy and the drawing holds the GIL for part of its time (nano INT8 OpenVINO 70.7 ms per frame with overlap, 69.2
+without; the demo model, 2.5 drawn masks per frame, 17.9 / 18.5 ms in PyTorch, 17.0 / 16.9 ms in OpenVINO).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import IO, Any
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from rfdetr.data.masks import encode_masks
@@ -238,7 +241,7 @@ def predict_video(
     progress: bool = True,
     name: str | None = None,
     buffer: bool = False,
-    overlap: bool = True,
+    overlap: bool | None = None,
 ) -> VideoSummary:
     """Predict every ``stride``-th frame of one source and write its video, JSON Lines and summary.
 
@@ -258,7 +261,8 @@ def predict_video(
         buffer: for a live source (camera, rtsp ...), process every frame even when slower than the source; by
             default a live source is read in a thread and only its newest frame is processed.
         overlap: read the next frame and draw / write the previous one in threads beside the model (see the module
-            docstring); ``False`` runs every stage in turn. Shown frames (``display``) are drawn in this thread.
+            docstring); ``False`` runs every stage in turn; ``None``: on for a model on a GPU, off on a CPU. Shown
+            frames (``display``) are drawn in this thread.
 
     Returns:
         A :class:`VideoSummary`.
@@ -320,6 +324,9 @@ def predict_video(
             failed.set()
             raise
 
+    if overlap is None:
+        device = getattr(model, "device", None)
+        overlap = device is not None and torch.device(device).type == "cuda"
     # One thread each: frames are read and written in order. A live reader has its own thread already.
     reading = ThreadPoolExecutor(1, "rfdetr-read") if overlap and not reader.live else None
     writing = ThreadPoolExecutor(1, "rfdetr-write") if overlap else None
