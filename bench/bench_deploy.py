@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -290,23 +289,13 @@ def report(size: str, resolution: int, workers: list[Worker], files: dict[str, E
 
 
 def host_line() -> str:
-    """The CPU, its bf16 / AMX / VNNI flags and OpenVINO's default precision: what decides the fastest file."""
-    import platform
+    """The CPU, its kernel-choosing flags (bf16 / AMX / VNNI ...) and OpenVINO's default precision: what decides the
+    fastest file. The CPU part is ``engine="auto"``'s own host key."""
+    from rfdetr.deploy.runtime.auto import host_key
 
-    flags: set[str] = set()
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine()):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    marks = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if f in flags]
-    return (f"host: {name}, {os.cpu_count()} CPUs, flags {' '.join(marks) or 'unknown'}; OpenVINO CPU default "
-            f"precision {openvino_default_precision() or 'n/a (not installed)'}")
+    host = host_key(None)
+    return (f"host: {host['cpu']}, {host['cpus']} CPUs, flags {' '.join(host['flags']) or 'unknown'}; OpenVINO CPU "
+            f"default precision {openvino_default_precision() or 'n/a (not installed)'}")
 
 
 def openvino_default_precision() -> str | None:
